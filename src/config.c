@@ -1,0 +1,283 @@
+#include "config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "log.h"
+#include "util/error.h"
+
+enum opt_type {
+    OPT_STRING,  /* char[] field */
+    OPT_ADDR,    /* char[] field, validated as HOST:PORT */
+    OPT_PATH,    /* char[] field, must start with '/' */
+    OPT_LIST,    /* repeatable: char *[] field + count */
+    OPT_UINT,    /* uint32_t */
+    OPT_BYTES,   /* uint32_t, K/M/G suffixes */
+    OPT_SECONDS, /* uint32_t milliseconds, given in (fractional) seconds */
+    OPT_BOOL,    /* flag without value */
+    OPT_LEVEL,   /* log level name */
+    OPT_FORMAT   /* log format name */
+};
+
+struct opt {
+    const char *name;
+    int type;
+    size_t off;
+    size_t size;      /* of a char[] field */
+    size_t count_off; /* OPT_LIST: offset of the count */
+    const char *def;
+    double min, max; /* numeric range (seconds for OPT_SECONDS) */
+    const char *help;
+};
+
+#define F(field) offsetof(pd_config_t, field), sizeof(((pd_config_t *)0)->field)
+
+static const struct opt opts[] = {
+    {"listen", OPT_ADDR, F(listen), 0, "127.0.0.1:7070", 0, 0,
+     "address and port to listen on; port 0 picks a free port (logged)"},
+    {"ws-path", OPT_PATH, F(ws_path), 0, "/presence", 0, 0, "path of the WebSocket endpoint"},
+    {"allow-origin", OPT_LIST, F(allow_origin), offsetof(pd_config_t, allow_origin_count), NULL, 0,
+     0, "browser Origin allowed to connect (repeatable); none given: any origin"},
+    {"max-message", OPT_BYTES, F(max_message), 0, "64K", 128, 16 * 1024 * 1024,
+     "largest WebSocket message accepted; larger ones close with 1009"},
+    {"out-max", OPT_BYTES, F(out_max), 0, "1M", 4096, 1024.0 * 1024 * 1024,
+     "queued output past which a slow client is closed with 1008"},
+    {"max-connections", OPT_UINT, F(max_connections), 0, "1000000", 1, 100000000,
+     "open connections past which new ones are refused"},
+    {"request-timeout", OPT_SECONDS, F(request_timeout), 0, "10", 0.05, 3600,
+     "seconds a client has to send a whole HTTP request (then 408)"},
+    {"keepalive-timeout", OPT_SECONDS, F(keepalive_timeout), 0, "60", 0.05, 86400,
+     "seconds an idle HTTP keep-alive connection is kept"},
+    {"close-timeout", OPT_SECONDS, F(close_timeout), 0, "5", 0.05, 600,
+     "seconds to wait for a peer's close frame, and for connections at shutdown"},
+    {"heartbeat-ttl", OPT_SECONDS, F(heartbeat_ttl), 0, "30", 0.1, 86400,
+     "seconds without any inbound frame after which a connection is closed (4000)"},
+    {"log-level", OPT_LEVEL, F(log_level), 0, "info", 0, 0, "debug, info, warn or error"},
+    {"log-format", OPT_FORMAT, F(log_format), 0, "text", 0, 0, "text or json (one object a line)"},
+    {"dev-auth", OPT_BOOL, F(dev_auth), 0, NULL, 0, 0,
+     "development only: trust ?user=ID in the WebSocket URL as the identity"},
+    {"help", OPT_BOOL, F(help), 0, NULL, 0, 0, "print this help and exit"},
+    {"version", OPT_BOOL, F(version), 0, NULL, 0, 0, "print the version and exit"},
+};
+
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+static const struct opt *find_opt(const char *name, size_t len) {
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strlen(opts[i].name) == len && memcmp(opts[i].name, name, len) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+int pd_config_parse_addr(const char *s, struct sockaddr_storage *addr) {
+    char host[128];
+    const char *colon;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':' || (size_t)(close - s - 1) >= sizeof(host))
+            return PD_EINVAL;
+        memcpy(host, s + 1, (size_t)(close - s - 1));
+        host[close - s - 1] = '\0';
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || (size_t)(colon - s) >= sizeof(host) || colon == s)
+            return PD_EINVAL;
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = '\0';
+    }
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || port < 0 || port > 65535)
+        return PD_EINVAL;
+    memset(addr, 0, sizeof(*addr));
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)addr) == 0)
+        return 0;
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)addr) == 0)
+        return 0;
+    return PD_EINVAL;
+}
+
+static int parse_double(const char *v, double *out) {
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || !isfinite(d))
+        return PD_EINVAL;
+    *out = d;
+    return end[0] ? (int)(end - v) : 0; /* > 0: position of a suffix */
+}
+
+/* Sets one key from its text form; on error writes why (without the key name) to msg. */
+static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char *msg,
+                     size_t msg_size) {
+    char *base = (char *)cfg;
+    switch (o->type) {
+    case OPT_STRING:
+    case OPT_ADDR:
+    case OPT_PATH:
+    case OPT_LEVEL:
+    case OPT_FORMAT: {
+        if (strlen(v) >= o->size) {
+            snprintf(msg, msg_size, "longer than %zu bytes", o->size - 1);
+            return PD_EINVAL;
+        }
+        if (o->type == OPT_ADDR) {
+            struct sockaddr_storage ss;
+            if (pd_config_parse_addr(v, &ss)) {
+                snprintf(msg, msg_size, "'%s' is not HOST:PORT (e.g. 127.0.0.1:7070)", v);
+                return PD_EINVAL;
+            }
+        } else if (o->type == OPT_PATH && v[0] != '/') {
+            snprintf(msg, msg_size, "'%s' must start with '/'", v);
+            return PD_EINVAL;
+        } else if (o->type == OPT_LEVEL && pd_log_level_parse(v) < 0) {
+            snprintf(msg, msg_size, "'%s' is not one of debug, info, warn, error", v);
+            return PD_EINVAL;
+        } else if (o->type == OPT_FORMAT && pd_log_format_parse(v) < 0) {
+            snprintf(msg, msg_size, "'%s' is not one of text, json", v);
+            return PD_EINVAL;
+        }
+        memcpy(base + o->off, v, strlen(v) + 1);
+        return 0;
+    }
+    case OPT_LIST: {
+        uint32_t *count = (uint32_t *)(base + o->count_off);
+        char **list = (char **)(base + o->off);
+        if (*count >= PD_CONFIG_LIST_MAX) {
+            snprintf(msg, msg_size, "given more than %d times", PD_CONFIG_LIST_MAX);
+            return PD_EINVAL;
+        }
+        if (!v[0]) {
+            snprintf(msg, msg_size, "empty value");
+            return PD_EINVAL;
+        }
+        list[*count] = strdup(v);
+        if (!list[*count])
+            return PD_ENOMEM;
+        (*count)++;
+        return 0;
+    }
+    case OPT_BOOL: {
+        bool *b = (bool *)(base + o->off);
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes") || !strcmp(v, "on"))
+            *b = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no") || !strcmp(v, "off"))
+            *b = false;
+        else {
+            snprintf(msg, msg_size, "'%s' is not true or false", v);
+            return PD_EINVAL;
+        }
+        return 0;
+    }
+    case OPT_UINT:
+    case OPT_BYTES:
+    case OPT_SECONDS: {
+        double d;
+        int rc = parse_double(v, &d);
+        if (rc < 0) {
+            snprintf(msg, msg_size, "'%s' is not a number", v);
+            return PD_EINVAL;
+        }
+        if (rc > 0) {
+            const char *suf = v + rc;
+            if (o->type != OPT_BYTES || suf[1] != '\0' ||
+                (suf[0] != 'K' && suf[0] != 'M' && suf[0] != 'G')) {
+                snprintf(msg, msg_size, "'%s' has an unexpected suffix '%s'", v, suf);
+                return PD_EINVAL;
+            }
+            d *= suf[0] == 'K' ? 1024.0 : suf[0] == 'M' ? 1024.0 * 1024 : 1024.0 * 1024 * 1024;
+        }
+        if (o->type != OPT_SECONDS && d != floor(d)) {
+            snprintf(msg, msg_size, "'%s' is not a whole number", v);
+            return PD_EINVAL;
+        }
+        if (d < o->min || d > o->max) {
+            snprintf(msg, msg_size, "%s is out of range [%g, %g]", v, o->min, o->max);
+            return PD_EINVAL;
+        }
+        uint32_t *u = (uint32_t *)(base + o->off);
+        *u = o->type == OPT_SECONDS ? (uint32_t)llround(d * 1000.0) : (uint32_t)d;
+        return 0;
+    }
+    }
+    return PD_EINVAL;
+}
+
+void pd_config_defaults(pd_config_t *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    char msg[128];
+    for (size_t i = 0; i < NOPTS; i++)
+        if (opts[i].def)
+            set_value(cfg, &opts[i], opts[i].def, msg, sizeof(msg));
+}
+
+void pd_config_free(pd_config_t *cfg) {
+    for (uint32_t i = 0; i < cfg->allow_origin_count; i++)
+        free(cfg->allow_origin[i]);
+    cfg->allow_origin_count = 0;
+}
+
+int pd_config_parse_args(pd_config_t *cfg, int argc, char **argv, FILE *err) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(err, "presenced: unexpected argument '%s' (flags start with --)\n", a);
+            return -1;
+        }
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt *o = find_opt(name, nlen);
+        if (!o) {
+            fprintf(err, "presenced: unknown flag '--%.*s' (see --help)\n", (int)nlen, name);
+            return -1;
+        }
+        const char *v;
+        if (eq) {
+            v = eq + 1;
+        } else if (o->type == OPT_BOOL) {
+            v = "true";
+        } else if (i + 1 < argc) {
+            v = argv[++i];
+        } else {
+            fprintf(err, "presenced: flag '--%s' needs a value\n", o->name);
+            return -1;
+        }
+        char msg[256];
+        if (set_value(cfg, o, v, msg, sizeof(msg))) {
+            fprintf(err, "presenced: invalid value for '--%s': %s\n", o->name, msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void pd_config_usage(FILE *out, const char *prog) {
+    fprintf(out,
+            "Usage: %s [--flag VALUE]...\n\n"
+            "presenced: a real-time presence server (who is online, away, busy, in which room).\n"
+            "Durations are in seconds (fractions allowed); sizes take K, M or G.\n\nFlags:\n",
+            prog);
+    for (size_t i = 0; i < NOPTS; i++) {
+        const struct opt *o = &opts[i];
+        char left[64];
+        snprintf(left, sizeof(left), "--%s%s", o->name,
+                 o->type == OPT_BOOL      ? ""
+                 : o->type == OPT_SECONDS ? " SECONDS"
+                 : o->type == OPT_BYTES   ? " BYTES"
+                 : o->type == OPT_UINT    ? " N"
+                 : o->type == OPT_ADDR    ? " ADDR:PORT"
+                 : o->type == OPT_PATH    ? " PATH"
+                                          : " VALUE");
+        fprintf(out, "  %-28s %s", left, o->help);
+        if (o->def)
+            fprintf(out, " (default %s)", o->def);
+        fputc('\n', out);
+    }
+}

@@ -1,0 +1,455 @@
+#include "http/request.h"
+
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util/error.h"
+
+struct hdr_off {
+    uint32_t name_off, name_len, value_off, value_len;
+};
+
+struct http_reqparser {
+    http_parser parser;
+    http_limits_t lim;
+    char *head; /* URL and header bytes of the request in progress */
+    uint32_t head_len, head_cap;
+    uint32_t head_raw; /* raw bytes fed while the head was incomplete */
+    uint32_t url_off, url_len;
+    char *body;
+    size_t body_len, body_cap;
+    uint32_t nheaders;
+    int err_status; /* set by a callback that refused the request */
+    bool in_message, headers_done, complete, last_was_value;
+    struct hdr_off hdrs[HTTP_HEADERS_MAX];
+    http_request_t req;
+};
+
+void http_limits_default(http_limits_t *lim) {
+    lim->head_max = 16 * 1024;
+    lim->uri_max = 8 * 1024;
+    lim->headers_max = HTTP_HEADERS_MAX;
+    lim->body_max = 1024 * 1024;
+}
+
+static int head_append(struct http_reqparser *p, const char *at, size_t len) {
+    if ((size_t)p->head_len + len > p->lim.head_max) {
+        p->err_status = 431;
+        return -1;
+    }
+    if (p->head_len + len > p->head_cap) {
+        uint32_t cap = p->head_cap ? p->head_cap : 512;
+        while (cap < p->head_len + len)
+            cap *= 2;
+        if (cap > p->lim.head_max)
+            cap = p->lim.head_max;
+        char *nh = realloc(p->head, cap);
+        if (!nh) {
+            p->err_status = 503;
+            return -1;
+        }
+        p->head = nh;
+        p->head_cap = cap;
+    }
+    memcpy(p->head + p->head_len, at, len);
+    p->head_len += (uint32_t)len;
+    return 0;
+}
+
+static struct http_reqparser *from(http_parser *hp) {
+    return (struct http_reqparser *)hp->data;
+}
+
+static int on_message_begin(http_parser *hp) {
+    struct http_reqparser *p = from(hp);
+    p->in_message = true;
+    p->headers_done = false;
+    p->complete = false;
+    p->last_was_value = false;
+    p->head_len = 0;
+    p->url_off = p->url_len = 0;
+    p->nheaders = 0;
+    p->body_len = 0;
+    return 0;
+}
+
+static int on_url(http_parser *hp, const char *at, size_t len) {
+    struct http_reqparser *p = from(hp);
+    if ((size_t)p->url_len + len > p->lim.uri_max) {
+        p->err_status = 414;
+        return -1;
+    }
+    if (p->url_len == 0)
+        p->url_off = p->head_len;
+    if (head_append(p, at, len))
+        return -1;
+    p->url_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_header_field(http_parser *hp, const char *at, size_t len) {
+    struct http_reqparser *p = from(hp);
+    if (p->nheaders == 0 || p->last_was_value) {
+        if (p->nheaders >= p->lim.headers_max) {
+            p->err_status = 431;
+            return -1;
+        }
+        struct hdr_off *h = &p->hdrs[p->nheaders++];
+        h->name_off = p->head_len;
+        h->name_len = 0;
+        h->value_off = 0;
+        h->value_len = 0;
+        p->last_was_value = false;
+    }
+    if (head_append(p, at, len))
+        return -1;
+    p->hdrs[p->nheaders - 1].name_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_header_value(http_parser *hp, const char *at, size_t len) {
+    struct http_reqparser *p = from(hp);
+    struct hdr_off *h = &p->hdrs[p->nheaders - 1];
+    if (!p->last_was_value) {
+        h->value_off = p->head_len;
+        p->last_was_value = true;
+    }
+    if (head_append(p, at, len))
+        return -1;
+    h->value_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_headers_complete(http_parser *hp) {
+    struct http_reqparser *p = from(hp);
+    p->headers_done = true;
+    /* Refuse from the declared length alone: nothing of an oversized body is buffered. */
+    if ((hp->flags & F_CONTENTLENGTH) && hp->content_length > p->lim.body_max) {
+        p->err_status = 413;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(http_parser *hp, const char *at, size_t len) {
+    struct http_reqparser *p = from(hp);
+    if (p->body_len + len > p->lim.body_max) {
+        p->err_status = 413;
+        return -1;
+    }
+    if (p->body_len + len > p->body_cap) {
+        size_t cap = p->body_cap ? p->body_cap : 1024;
+        while (cap < p->body_len + len)
+            cap *= 2;
+        if (cap > p->lim.body_max)
+            cap = p->lim.body_max;
+        char *nb = realloc(p->body, cap);
+        if (!nb) {
+            p->err_status = 503;
+            return -1;
+        }
+        p->body = nb;
+        p->body_cap = cap;
+    }
+    memcpy(p->body + p->body_len, at, len);
+    p->body_len += len;
+    return 0;
+}
+
+static void trim(const char **s, uint32_t *len) {
+    while (*len && ((*s)[0] == ' ' || (*s)[0] == '\t')) {
+        (*s)++;
+        (*len)--;
+    }
+    while (*len && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
+        (*len)--;
+}
+
+static int on_message_complete(http_parser *hp) {
+    struct http_reqparser *p = from(hp);
+    http_request_t *r = &p->req;
+    r->method = (uint8_t)hp->method;
+    r->version_major = (uint8_t)hp->http_major;
+    r->version_minor = (uint8_t)hp->http_minor;
+    r->keep_alive = http_should_keep_alive(hp);
+    r->upgrade = hp->upgrade;
+    r->target = p->head + p->url_off;
+    r->target_len = p->url_len;
+    r->path = r->target;
+    r->path_len = r->target_len;
+    r->query = NULL;
+    r->query_len = 0;
+    const char *q = memchr(r->target, '?', r->target_len);
+    const char *frag = memchr(r->target, '#', r->target_len);
+    if (frag && (!q || frag < q)) {
+        r->path_len = (size_t)(frag - r->target);
+    } else if (q) {
+        r->path_len = (size_t)(q - r->target);
+        r->query = q + 1;
+        const char *end = frag ? frag : r->target + r->target_len;
+        r->query_len = (size_t)(end - r->query);
+    }
+    r->nheaders = p->nheaders;
+    for (uint32_t i = 0; i < p->nheaders; i++) {
+        http_header_t *h = &r->headers[i];
+        h->name = p->head + p->hdrs[i].name_off;
+        h->name_len = p->hdrs[i].name_len;
+        h->value = p->head + p->hdrs[i].value_off;
+        h->value_len = p->hdrs[i].value_len;
+        trim(&h->value, &h->value_len);
+    }
+    r->body = p->body_len ? p->body : NULL;
+    r->body_len = p->body_len;
+    p->complete = true;
+    p->in_message = false;
+    /* Stop after each request so the caller answers pipelined requests one by one. */
+    http_parser_pause(hp, 1);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+http_reqparser_t *http_reqparser_new(const http_limits_t *lim) {
+    struct http_reqparser *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    if (lim) {
+        p->lim = *lim;
+        if (p->lim.headers_max > HTTP_HEADERS_MAX)
+            p->lim.headers_max = HTTP_HEADERS_MAX;
+    } else {
+        http_limits_default(&p->lim);
+    }
+    http_parser_init(&p->parser, HTTP_REQUEST);
+    p->parser.data = p;
+    return p;
+}
+
+void http_reqparser_free(http_reqparser_t *p) {
+    if (!p)
+        return;
+    free(p->head);
+    free(p->body);
+    free(p);
+}
+
+bool http_reqparser_busy(const http_reqparser_t *p) {
+    return p->in_message;
+}
+
+static int status_for(enum http_errno e) {
+    switch (e) {
+    case HPE_HEADER_OVERFLOW:
+        return 431;
+    case HPE_INVALID_VERSION:
+        return 505;
+    default:
+        return 400;
+    }
+}
+
+size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
+                           const http_request_t **out, int *status) {
+    *out = NULL;
+    *status = 0;
+    if (HTTP_PARSER_ERRNO(&p->parser) == HPE_PAUSED)
+        http_parser_pause(&p->parser, 0);
+    p->complete = false;
+
+    /* While the head is incomplete, feed no more than the head limit allows, so a client can
+     * make us scan at most head_max bytes before it is refused. */
+    size_t chunk = len;
+    bool in_head = !p->in_message || !p->headers_done;
+    if (in_head) {
+        size_t room = (size_t)p->lim.head_max + 1 - p->head_raw;
+        if (chunk > room)
+            chunk = room;
+    }
+    size_t n = http_parser_execute(&p->parser, &settings, data, chunk);
+    enum http_errno e = HTTP_PARSER_ERRNO(&p->parser);
+
+    if (e != HPE_OK && e != HPE_PAUSED) {
+        *status = p->err_status ? p->err_status : status_for(e);
+        return n;
+    }
+    if (p->complete) {
+        p->head_raw = 0;
+        const http_request_t *r = &p->req;
+        /* HTTP/1.1 requires Host (RFC 9112 section 3.2); only 1.x is spoken here. */
+        if (r->version_major != 1) {
+            *status = 505;
+            return n;
+        }
+        if (r->version_minor >= 1 && !http_request_header(r, "Host")) {
+            *status = 400;
+            return n;
+        }
+        *out = r;
+        return n;
+    }
+    if (p->in_message && !p->headers_done) {
+        p->head_raw += (uint32_t)n;
+        if (p->head_raw > p->lim.head_max) {
+            *status = 431;
+            return n;
+        }
+    } else if (!p->in_message && n > 0) {
+        /* Bytes between requests (CRLFs) count toward the next head too. */
+        p->head_raw += (uint32_t)n;
+        if (p->head_raw > p->lim.head_max) {
+            *status = 400;
+            return n;
+        }
+    }
+    if (n == 0 && len > 0) {
+        /* No progress and no error: never loop on input the parser will not take. */
+        *status = 400;
+    }
+    return n;
+}
+
+const http_header_t *http_request_header(const http_request_t *r, const char *name) {
+    size_t nl = strlen(name);
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        const http_header_t *h = &r->headers[i];
+        if (h->name_len == nl && strncasecmp(h->name, name, nl) == 0)
+            return h;
+    }
+    return NULL;
+}
+
+bool http_header_has_token(const char *value, size_t len, const char *token) {
+    size_t tl = strlen(token);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
+            end--;
+        if (end - start == tl && strncasecmp(value + start, token, tl) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int http_query_get(const char *query, size_t query_len, const char *key, char *out,
+                   size_t out_size) {
+    if (!query)
+        return PD_ENOTFOUND;
+    size_t kl = strlen(key);
+    size_t i = 0;
+    while (i <= query_len) {
+        size_t start = i;
+        while (i < query_len && query[i] != '&')
+            i++;
+        const char *pair = query + start;
+        size_t plen = i - start;
+        i++; /* past '&' */
+        if (plen < kl || memcmp(pair, key, kl) != 0)
+            continue;
+        if (plen != kl && pair[kl] != '=')
+            continue;
+        const char *v = plen == kl ? pair + plen : pair + kl + 1;
+        size_t vl = plen == kl ? 0 : plen - kl - 1;
+        size_t o = 0;
+        for (size_t j = 0; j < vl; j++) {
+            int c = (unsigned char)v[j];
+            if (c == '%') {
+                if (j + 2 >= vl)
+                    return PD_EINVAL;
+                int hi = hexval(v[j + 1]), lo = hexval(v[j + 2]);
+                if (hi < 0 || lo < 0)
+                    return PD_EINVAL;
+                c = hi * 16 + lo;
+                j += 2;
+            } else if (c == '+') {
+                c = ' ';
+            }
+            if (c == 0)
+                return PD_EINVAL;
+            if (o + 1 >= out_size)
+                return PD_ETOOBIG;
+            out[o++] = (char)c;
+        }
+        out[o] = '\0';
+        return (int)o;
+    }
+    return PD_ENOTFOUND;
+}
+
+const char *http_status_reason(int status) {
+    switch (status) {
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 426:
+        return "Upgrade Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}

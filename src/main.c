@@ -1,0 +1,188 @@
+/* presenced: flags, wiring and the loop. The only place with process-wide state. */
+#include <http_parser.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "dispatch/dispatch.h"
+#include "http/exchange.h"
+#include "log.h"
+#include "metrics.h"
+#include "server/server.h"
+#include "util/wheel.h"
+#include "ws/frame.h"
+
+#ifndef PD_VERSION
+#define PD_VERSION "0.0.0"
+#endif
+
+#define WHEEL_SLOTS   4096 /* x 10 ms: a 41 s revolution covers the default heartbeat TTL */
+#define WHEEL_TICK_MS 10
+
+struct app {
+    uv_loop_t *loop;
+    pd_config_t cfg;
+    pd_log_t log;
+    pd_metrics_t *metrics;
+    wheel_t wheel;
+    uv_timer_t wheel_timer;
+    uv_signal_t sigint, sigterm;
+    http_router_t router;
+    dispatch_t *dispatch;
+    server_t *server;
+    const char *origins[PD_CONFIG_LIST_MAX];
+    int signals;
+};
+
+static void on_wheel_tick(uv_timer_t *t) {
+    struct app *a = t->data;
+    wheel_advance(&a->wheel, uv_now(a->loop));
+}
+
+static void handle_healthz(void *ctx, http_exchange_t *ex, const http_request_t *req) {
+    (void)ctx;
+    (void)req;
+    http_exchange_respond(ex, 200, "text/plain; charset=utf-8", "Cache-Control: no-store\r\n",
+                          "ok\n", 3);
+}
+
+static void handle_metrics(void *ctx, http_exchange_t *ex, const http_request_t *req) {
+    struct app *a = ctx;
+    (void)req;
+    pd_obuf_t *b = pd_metrics_render(a->metrics);
+    if (!b) {
+        http_exchange_respond(ex, 503, "text/plain", NULL, "out of memory\n", 14);
+        return;
+    }
+    http_exchange_respond(ex, 200, "text/plain; version=0.0.4; charset=utf-8",
+                          "Cache-Control: no-store\r\n", pd_obuf_payload(b),
+                          pd_obuf_payload_len(b));
+    pd_obuf_release(b);
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_shutdown_done(void *arg) {
+    struct app *a = arg;
+    PD_INFO(&a->log, "main", "all connections closed; exiting");
+    uv_timer_stop(&a->wheel_timer);
+    server_close(a->server);
+    uv_walk(a->loop, close_walk, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    struct app *a = h->data;
+    if (++a->signals > 1) {
+        PD_WARN(&a->log, "main", "second signal: closing everything now");
+        on_shutdown_done(a);
+        return;
+    }
+    PD_INFO(&a->log, "main", "%s received: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    server_shutdown(a->server, WS_CLOSE_GOING_AWAY, "server shutting down", on_shutdown_done, a);
+}
+
+static int build_server_config(struct app *a, server_config_t *sc) {
+    server_config_default(sc);
+    if (pd_config_parse_addr(a->cfg.listen, &sc->listen_addr))
+        return -1;
+    sc->ws_path = a->cfg.ws_path;
+    for (uint32_t i = 0; i < a->cfg.allow_origin_count; i++)
+        a->origins[i] = a->cfg.allow_origin[i];
+    sc->origins.origins = a->origins;
+    sc->origins.count = a->cfg.allow_origin_count;
+    sc->max_message = a->cfg.max_message;
+    sc->out_max = a->cfg.out_max;
+    sc->max_connections = a->cfg.max_connections;
+    sc->request_timeout_ms = a->cfg.request_timeout;
+    sc->keepalive_timeout_ms = a->cfg.keepalive_timeout;
+    sc->close_timeout_ms = a->cfg.close_timeout;
+    sc->ws_idle_timeout_ms = a->cfg.heartbeat_ttl;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    static struct app app;
+    struct app *a = &app;
+    int exit_code = 1;
+
+    pd_config_defaults(&a->cfg);
+    if (pd_config_parse_args(&a->cfg, argc, argv, stderr))
+        return 2;
+    if (a->cfg.help) {
+        pd_config_usage(stdout, "presenced");
+        return 0;
+    }
+    if (a->cfg.version) {
+        printf("presenced %s\n", PD_VERSION);
+        return 0;
+    }
+    pd_log_init(&a->log);
+    a->log.level = pd_log_level_parse(a->cfg.log_level);
+    a->log.format = pd_log_format_parse(a->cfg.log_format);
+
+    signal(SIGPIPE, SIG_IGN);
+    a->loop = uv_default_loop();
+    a->metrics = pd_metrics_new();
+    if (!a->metrics || wheel_init(&a->wheel, WHEEL_SLOTS, WHEEL_TICK_MS, uv_now(a->loop))) {
+        PD_ERROR(&a->log, "main", "out of memory");
+        return 1;
+    }
+    uv_timer_init(a->loop, &a->wheel_timer);
+    a->wheel_timer.data = a;
+    uv_timer_start(&a->wheel_timer, on_wheel_tick, WHEEL_TICK_MS, WHEEL_TICK_MS);
+
+    http_router_init(&a->router);
+    http_router_add(&a->router, HTTP_M(HTTP_GET), "/healthz", false, handle_healthz, a);
+    http_router_add(&a->router, HTTP_M(HTTP_GET), "/metrics", false, handle_metrics, a);
+
+    a->dispatch = dispatch_new(&a->log, a->metrics);
+    server_ws_handlers_t wsh;
+    dispatch_ws_handlers(a->dispatch, &wsh);
+
+    server_config_t sc;
+    if (build_server_config(a, &sc)) {
+        PD_ERROR(&a->log, "main", "bad listen address '%s'", a->cfg.listen);
+        goto out;
+    }
+    a->server = server_new(a->loop, &sc, &a->log, a->metrics, &a->wheel, &a->router, &wsh);
+    if (!a->server)
+        goto out;
+    PD_INFO(&a->log, "main", "presenced %s starting", PD_VERSION);
+    if (server_listen(a->server))
+        goto out_close;
+
+    uv_signal_init(a->loop, &a->sigint);
+    uv_signal_init(a->loop, &a->sigterm);
+    a->sigint.data = a->sigterm.data = a;
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+
+    uv_run(a->loop, UV_RUN_DEFAULT);
+    exit_code = 0;
+    goto out_free;
+
+out_close:
+    server_close(a->server);
+    uv_walk(a->loop, close_walk, NULL);
+out_free:
+    uv_run(a->loop, UV_RUN_DEFAULT); /* let every close callback finish */
+    server_free(a->server);
+out:
+    if (exit_code != 0) {
+        uv_walk(a->loop, close_walk, NULL);
+        uv_run(a->loop, UV_RUN_DEFAULT);
+    }
+    dispatch_free(a->dispatch);
+    wheel_destroy(&a->wheel);
+    pd_metrics_free(a->metrics);
+    uv_loop_close(a->loop);
+    pd_config_free(&a->cfg);
+    return exit_code;
+}

@@ -26,6 +26,10 @@ typedef struct pd_config {
     uint32_t keepalive_timeout; /* ms */
     uint32_t close_timeout;     /* ms */
     uint32_t heartbeat_ttl;     /* ms */
+    uint32_t offline_grace;     /* ms */
+    uint32_t away_after;        /* ms */
+    uint32_t max_subscriptions;
+    uint32_t max_ids; /* user ids per request */
     char log_level[16];
     char log_format[16];
     bool dev_auth;

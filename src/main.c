@@ -1,6 +1,7 @@
 /* presenced: flags, wiring and the loop. The only place with process-wide state. */
 #include <http_parser.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,10 +9,14 @@
 
 #include "config.h"
 #include "dispatch/dispatch.h"
+#include "engine/engine.h"
 #include "http/exchange.h"
 #include "log.h"
 #include "metrics.h"
 #include "server/server.h"
+#include "store/store_local.h"
+#include "util/clock.h"
+#include "util/hashmap.h"
 #include "util/wheel.h"
 #include "ws/frame.h"
 
@@ -31,11 +36,26 @@ struct app {
     uv_timer_t wheel_timer;
     uv_signal_t sigint, sigterm;
     http_router_t router;
+    pd_hashkey_t hashkey;
+    pd_clock_t clock;
+    store_t *store;
+    engine_t *engine;
     dispatch_t *dispatch;
     server_t *server;
     const char *origins[PD_CONFIG_LIST_MAX];
     int signals;
 };
+
+static uint64_t clock_mono(void *ctx) {
+    return uv_now(ctx);
+}
+
+static double clock_wall(void *ctx) {
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static void on_wheel_tick(uv_timer_t *t) {
     struct app *a = t->data;
@@ -72,6 +92,8 @@ static void close_walk(uv_handle_t *h, void *arg) {
 static void on_shutdown_done(void *arg) {
     struct app *a = arg;
     PD_INFO(&a->log, "main", "all connections closed; exiting");
+    /* No reconnect can reach this node any more: grace windows end now. */
+    engine_flush_lingering(a->engine);
     uv_timer_stop(&a->wheel_timer);
     server_close(a->server);
     uv_walk(a->loop, close_walk, NULL);
@@ -142,7 +164,39 @@ int main(int argc, char **argv) {
     http_router_add(&a->router, HTTP_M(HTTP_GET), "/healthz", false, handle_healthz, a);
     http_router_add(&a->router, HTTP_M(HTTP_GET), "/metrics", false, handle_metrics, a);
 
-    a->dispatch = dispatch_new(&a->log, a->metrics);
+    if (sodium_init() < 0) {
+        PD_ERROR(&a->log, "main", "libsodium failed to initialise");
+        goto out;
+    }
+    pd_hashkey_generate(&a->hashkey);
+    a->clock = (pd_clock_t){.mono_ms = clock_mono, .wall = clock_wall, .ctx = a->loop};
+    a->store = store_local_new(&a->hashkey, &a->wheel, &a->clock);
+    engine_config_t ec;
+    engine_config_default(&ec);
+    ec.heartbeat_ttl_ms = a->cfg.heartbeat_ttl;
+    ec.offline_grace_ms = a->cfg.offline_grace;
+    ec.away_after_ms = a->cfg.away_after;
+    ec.max_subscriptions = a->cfg.max_subscriptions;
+    if (a->store)
+        a->engine = engine_new(&ec, a->store, &a->wheel, &a->clock, &a->hashkey,
+                               &dispatch_client_ops, &dispatch_codec, &a->log, a->metrics);
+    dispatch_config_t dc = {.dev_auth = a->cfg.dev_auth,
+                            .heartbeat_ttl_ms = a->cfg.heartbeat_ttl,
+                            .max_ids = a->cfg.max_ids};
+    if (a->engine)
+        a->dispatch = dispatch_new(&dc, a->engine, &a->clock, &a->log, a->metrics);
+    if (!a->dispatch) {
+        PD_ERROR(&a->log, "main", "out of memory");
+        goto out;
+    }
+    if (a->cfg.dev_auth)
+        PD_WARN(&a->log, "main",
+                "DEVELOPMENT AUTH IS ON: anyone can connect as any user with ?user=ID. "
+                "Never use --dev-auth in production.");
+    else
+        PD_WARN(&a->log, "main",
+                "no authentication is configured: every WebSocket upgrade "
+                "will be refused (401); use --dev-auth for development");
     server_ws_handlers_t wsh;
     dispatch_ws_handlers(a->dispatch, &wsh);
 
@@ -180,6 +234,8 @@ out:
         uv_run(a->loop, UV_RUN_DEFAULT);
     }
     dispatch_free(a->dispatch);
+    engine_free(a->engine);
+    store_destroy(a->store);
     wheel_destroy(&a->wheel);
     pd_metrics_free(a->metrics);
     uv_loop_close(a->loop);

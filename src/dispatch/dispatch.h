@@ -1,20 +1,38 @@
-/* The WebSocket application: turns messages from connections into protocol actions and
- * their answers. For now it speaks the transport check only: {"type":"ping"} is answered
- * with {"type":"pong"}, anything else with an error message. TODO(#3): the presence protocol.
+/* The WebSocket application: identifies each connection at the upgrade, turns its messages
+ * (decoded and validated by proto/) into engine requests, and answers them (ack, error,
+ * snapshots). It is the only place that knows both the wire format and the engine.
  */
 #ifndef PD_DISPATCH_H
 #define PD_DISPATCH_H
 
+#include <stdbool.h>
+
+#include "engine/engine.h"
 #include "log.h"
 #include "metrics.h"
 #include "server/server.h"
+#include "util/clock.h"
 
 typedef struct dispatch dispatch_t;
 
-dispatch_t *dispatch_new(pd_log_t *log, pd_metrics_t *metrics);
+typedef struct dispatch_config {
+    bool dev_auth;             /* trust ?user=ID (development only) */
+    uint32_t heartbeat_ttl_ms; /* told to clients in the welcome message */
+    uint32_t max_ids;          /* user ids per request */
+} dispatch_config_t;
+
+/* New dispatcher over engine. Borrows everything until dispatch_free. NULL on ENOMEM. */
+dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, const pd_clock_t *clock,
+                         pd_log_t *log, pd_metrics_t *metrics);
 void dispatch_free(dispatch_t *d);
 
 /* Fills in the server's WebSocket callbacks, bound to d. */
 void dispatch_ws_handlers(dispatch_t *d, server_ws_handlers_t *h);
+
+/* The engine's view of a connection: conn_* of the server. */
+extern const engine_client_ops_t dispatch_client_ops;
+
+/* The engine's encoders: the protocol's presence_update frames. */
+extern const engine_codec_t dispatch_codec;
 
 #endif

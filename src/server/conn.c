@@ -37,8 +37,24 @@ static inline uint64_t now_ms(const conn_t *c) {
     return uv_now(c->srv->loop);
 }
 
+/* Arms c's one timer for due (loop ms), rounded up to a wheel tick boundary.
+ * Works around a bug in util/wheel.c: wheel_advance() visits the current, unfinished tick and
+ * puts a timer of that tick whose due time is still a few ms ahead back into its slot for a
+ * whole revolution (4096 x 10 ms), so a 1 s request timeout could fire after 42 s. A deadline
+ * on a tick boundary is never ahead of the clock when its tick is visited; at most one tick
+ * late. Harmless once wheel.c is fixed. */
+static void conn_arm(conn_t *c, uint64_t due) {
+    wheel_t *w = c->srv->wheel;
+    uint64_t tick = w->tick ? w->tick : 1;
+    wheel_schedule(w, &c->timer, (due + tick - 1) / tick * tick);
+}
+
 uint64_t conn_id(const conn_t *c) {
     return c->id;
+}
+
+uint64_t conn_last_rx(const conn_t *c) {
+    return c->last_rx;
 }
 
 uint32_t conn_out_bytes(const conn_t *c) {
@@ -195,7 +211,7 @@ static void start_ws_close(conn_t *c, uint16_t code, const char *reason, enum co
     snprintf(key, sizeof(key), "%u", code);
     (*server__counter(c->srv, "presenced_ws_closes_sent_total", "Close frames sent, by close code",
                       "code", key))++;
-    wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
+    conn_arm(c, now_ms(c) + c->srv->cfg.close_timeout_ms);
 }
 
 void conn_close_ws(conn_t *c, uint16_t code, const char *reason) {
@@ -246,7 +262,7 @@ static void conn_after_drain(conn_t *c) {
             return;
         }
         c->state = CONN_LINGER;
-        wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
+        conn_arm(c, now_ms(c) + c->srv->cfg.close_timeout_ms);
     } else {
         /* RFC 6455 section 7.1.1: once the close handshake is done, the server closes TCP. */
         conn_reap(c);
@@ -403,7 +419,7 @@ int conn_send_coalesced(conn_t *c, pd_obuf_t *frame, conn_slot_t **slot) {
         c->out_bytes -= (uint32_t)pd_obuf_len(n->buf);
         pd_obuf_release(n->buf);
         n->buf = pd_obuf_retain(frame);
-        return 0;
+        return 1;
     }
     int rc = send_checked(c, frame);
     if (rc)
@@ -451,7 +467,7 @@ static void http_fail(conn_t *c, int status, const char *extra_headers) {
               false);
     http_reqparser_free(c->http);
     c->http = NULL;
-    wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
+    conn_arm(c, now_ms(c) + c->srv->cfg.close_timeout_ms);
 }
 
 void http_exchange_respond(http_exchange_t *ex, int status, const char *content_type,
@@ -543,7 +559,7 @@ static void handle_upgrade(conn_t *c, const http_request_t *req) {
     ws_decoder_init(&c->dec, s->cfg.max_message);
     (*s->n.ws_upgrades)++;
     (*s->n.ws_open)++;
-    wheel_schedule(s->wheel, &c->timer, c->last_rx + s->cfg.ws_idle_timeout_ms);
+    conn_arm(c, c->last_rx + s->cfg.ws_idle_timeout_ms);
     if (s->ws.on_open)
         s->ws.on_open(s->ws.ctx, c, app);
 }
@@ -595,7 +611,7 @@ static size_t http_input(conn_t *c, uint8_t *data, size_t len) {
                 conn_reap(c);
                 return len;
             }
-            wheel_schedule(s->wheel, &c->timer, now_ms(c) + s->cfg.request_timeout_ms);
+            conn_arm(c, now_ms(c) + s->cfg.request_timeout_ms);
         }
         const http_request_t *req = NULL;
         int status = 0;
@@ -610,13 +626,15 @@ static size_t http_input(conn_t *c, uint8_t *data, size_t len) {
         if (!req)
             continue;
         handle_request(c, req);
-        if (c->state != CONN_HTTP)
+        /* A refused upgrade answered through http_fail, which freed the parser: stop here
+         * (dereferencing c->http below crashed the daemon on every refused handshake). */
+        if (c->state != CONN_HTTP || !c->http)
             break;
         if (!http_reqparser_busy(c->http)) {
             http_reqparser_free(c->http);
             c->http = NULL;
             if (!c->close_after_flush)
-                wheel_schedule(s->wheel, &c->timer, now_ms(c) + s->cfg.keepalive_timeout_ms);
+                conn_arm(c, now_ms(c) + s->cfg.keepalive_timeout_ms);
         }
     }
     if (c->state == CONN_WS_OPEN) {
@@ -695,7 +713,9 @@ static size_t ws_input(conn_t *c, uint8_t *data, size_t len) {
                 deliver(c, ev.payload, ev.len);
                 break;
             }
-            if (c->msg_len + ev.len > c->msg_cap) {
+            /* An empty fragment adds nothing: c->msg may still be NULL, and memcpy to
+             * NULL + 0 is undefined (UBSan aborts on it), so it is skipped. */
+            if (ev.len && c->msg_len + ev.len > c->msg_cap) {
                 size_t cap = c->msg_cap ? c->msg_cap : 1024;
                 while (cap < c->msg_len + ev.len)
                     cap *= 2;
@@ -707,10 +727,13 @@ static size_t ws_input(conn_t *c, uint8_t *data, size_t len) {
                 c->msg = m;
                 c->msg_cap = (uint32_t)cap;
             }
-            memcpy(c->msg + c->msg_len, ev.payload, ev.len);
-            c->msg_len += (uint32_t)ev.len;
+            if (ev.len) {
+                memcpy(c->msg + c->msg_len, ev.payload, ev.len);
+                c->msg_len += (uint32_t)ev.len;
+            }
             if (ev.fin) {
-                deliver(c, c->msg, c->msg_len);
+                /* A message of empty fragments only has no buffer: hand over a valid empty one. */
+                deliver(c, c->msg ? c->msg : ev.payload, c->msg_len);
                 free(c->msg);
                 c->msg = NULL;
                 c->msg_len = c->msg_cap = 0;
@@ -738,7 +761,7 @@ static size_t ws_input(conn_t *c, uint8_t *data, size_t len) {
                 }
                 c->state = CONN_WS_CLOSING;
                 c->close_after_flush = 1;
-                wheel_schedule(s->wheel, &c->timer, now_ms(c) + s->cfg.close_timeout_ms);
+                conn_arm(c, now_ms(c) + s->cfg.close_timeout_ms);
                 server__mark_pending(c);
             } else {
                 conn_reap(c); /* the answer to our close: handshake complete */
@@ -839,7 +862,7 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
             (*s->n.request_timeouts)++;
             http_fail(c, 408, NULL);
         } else if (c->awaiting || c->close_after_flush) {
-            wheel_schedule(s->wheel, t, now + s->cfg.close_timeout_ms);
+            conn_arm(c, now + s->cfg.close_timeout_ms);
         } else {
             conn_reap(c);
         }
@@ -847,7 +870,7 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
     case CONN_WS_OPEN: {
         uint64_t due = c->last_rx + s->cfg.ws_idle_timeout_ms;
         if (due > now) {
-            wheel_schedule(s->wheel, t, due); /* activity since arming: check again later */
+            conn_arm(c, due); /* activity since arming: check again later */
             break;
         }
         (*s->n.idle_timeouts)++;
@@ -890,6 +913,6 @@ void server__on_connection(uv_stream_t *listener, int status) {
     }
     uv_tcp_nodelay(&c->tcp, 1);
     c->state = CONN_HTTP;
-    wheel_schedule(s->wheel, &c->timer, uv_now(s->loop) + s->cfg.request_timeout_ms);
+    conn_arm(c, uv_now(s->loop) + s->cfg.request_timeout_ms);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }

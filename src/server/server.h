@@ -101,10 +101,10 @@ uint64_t server_connection_count(const server_t *s);
 int conn_send(conn_t *c, pd_obuf_t *frame);
 
 /* Coalescing send: *slot names this sender's frame while it is still queued and unsent. If it
- * is, that frame is replaced by the new one in place (latest wins, no new queue entry);
- * otherwise the frame is queued and *slot set. The server clears *slot once the frame starts
- * to be written or c ends, so *slot must stay valid (and at a fixed address) until then or
- * until conn_unslot. Returns as conn_send. */
+ * is, that frame is replaced by the new one in place (latest wins, no new queue entry) and 1
+ * is returned; otherwise the frame is queued, *slot set and 0 returned. The server clears
+ * *slot once the frame starts to be written or c ends, so *slot must stay valid (and at a
+ * fixed address) until then or until conn_unslot. Errors as conn_send. */
 typedef struct conn_qnode conn_slot_t;
 int conn_send_coalesced(conn_t *c, pd_obuf_t *frame, conn_slot_t **slot);
 
@@ -114,6 +114,9 @@ void conn_unslot(conn_slot_t **slot);
 /* Starts the close handshake with code and reason (unsent output goes first); on_close
  * follows when it completes or times out. Harmless when already closing. */
 void conn_close_ws(conn_t *c, uint16_t code, const char *reason);
+
+/* Loop time (ms) of the last complete frame received: the connection's liveness. */
+uint64_t conn_last_rx(const conn_t *c);
 
 /* Bytes queued and not yet written. */
 uint32_t conn_out_bytes(const conn_t *c);

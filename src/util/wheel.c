@@ -32,7 +32,7 @@ int wheel_init(wheel_t *w, uint32_t slots, uint32_t tick_ms, uint64_t now) {
         list_init(&w->slots[i]);
     w->mask = n - 1;
     w->tick = tick_ms ? tick_ms : 1;
-    w->done_tick = now / w->tick;
+    w->next_tick = now / w->tick; /* in progress: not processed until wholly past */
     w->count = 0;
     return 0;
 }
@@ -50,8 +50,8 @@ void wheel_schedule(wheel_t *w, wheel_timer_t *t, uint64_t due) {
     t->due = due;
     uint64_t tick = due / w->tick;
     /* A deadline in a tick already processed goes to the next one to be processed. */
-    if (tick <= w->done_tick)
-        tick = w->done_tick + 1;
+    if (tick < w->next_tick)
+        tick = w->next_tick;
     list_push(&w->slots[tick & w->mask], t);
 }
 
@@ -64,17 +64,20 @@ void wheel_cancel(wheel_t *w, wheel_timer_t *t) {
 
 uint64_t wheel_advance(wheel_t *w, uint64_t now) {
     uint64_t fired = 0;
-    uint64_t target = now / w->tick;
-    if (target <= w->done_tick)
+    /* A tick's slot is visited once the tick has wholly passed, so every timer of that tick
+     * is due then: none is put back for a whole revolution for being a few ms early. The
+     * price is lateness of at most one tick. */
+    uint64_t end = now / w->tick; /* ticks before this one are wholly past */
+    if (end <= w->next_tick)
         return 0;
-    uint64_t span = target - w->done_tick;
     /* After a stall longer than a revolution every slot is due for a visit, once. */
-    if (span > (uint64_t)w->mask + 1)
-        span = (uint64_t)w->mask + 1;
-    for (uint64_t tick = target - span + 1; tick <= target; tick++) {
+    uint64_t start = w->next_tick;
+    if (end - start > (uint64_t)w->mask + 1)
+        start = end - ((uint64_t)w->mask + 1);
+    for (uint64_t tick = start; tick < end; tick++) {
         /* Marked done first: a timer armed by a callback for this tick or earlier goes to the
          * next slot, not back into this one for a whole revolution. */
-        w->done_tick = tick;
+        w->next_tick = tick + 1;
         wheel_timer_t *slot = &w->slots[tick & w->mask];
         /* Detach the slot so callbacks that arm timers into it are not visited now. */
         wheel_timer_t pending;
@@ -98,5 +101,6 @@ uint64_t wheel_advance(wheel_t *w, uint64_t now) {
             }
         }
     }
+    w->next_tick = end;
     return fired;
 }

@@ -1,6 +1,9 @@
 /* A hashed timing wheel for every deadline in the process: connection idle and request
  * timeouts, session expiry, grace windows, status expiry, batching intervals.
  *
+ * A timer fires at the first advance after the end of the tick holding its deadline: never
+ * early, at most one tick late.
+ *
  * Timers are intrusive (embedded in the object they time), so arming one allocates nothing and
  * a connection carries no uv_timer_t (152 bytes); one loop timer drives the wheel by calling
  * wheel_advance. Scheduling and cancelling are O(1). An advance visits the slots of the ticks
@@ -34,7 +37,7 @@ typedef struct wheel {
     wheel_timer_t *slots; /* sentinels of circular lists */
     uint32_t mask;        /* slots - 1 */
     uint32_t tick;        /* ms per slot */
-    uint64_t done_tick;   /* last tick whose slot was processed */
+    uint64_t next_tick;   /* first tick not yet processed (not wholly past) */
     uint64_t count;       /* armed timers */
 } wheel_t;
 

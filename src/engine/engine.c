@@ -1,0 +1,786 @@
+/* Sessions, subscriptions, fan-out and the engine's timers.
+ *
+ * Lifetimes: a local user record (struct euser) lives while it has a local session or a
+ * local watcher. A session lives while its connection is open, while store calls it made
+ * are in flight, and while it lingers in its grace window; it is freed by maybe_free() once
+ * none holds. Store callbacks may come later than the call (remote stores), so nothing a
+ * callback touches is freed while the call is pending.
+ */
+#include "engine/engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/error.h"
+#include "util/istr.h"
+
+struct sub;
+
+struct euser {
+    hmap_node_t node;
+    session_t *sessions;  /* this node's sessions of the user */
+    struct sub *watchers; /* this node's sessions watching the user */
+    uint32_t nwatchers;
+    uint32_t mark; /* request epoch, to drop duplicate ids in one request */
+    uint16_t id_len;
+    char id[];
+};
+
+/* One session watching one user. */
+struct sub {
+    hmap_node_t node; /* in engine.subs, keyed by (watcher, target) */
+    struct euser *target;
+    session_t *watcher;
+    struct sub *t_next, *t_prev; /* in target->watchers */
+    struct sub *w_next, *w_prev; /* in watcher->subs */
+    void *slot;                  /* the watcher's queued, unsent update of target */
+};
+
+struct session {
+    engine_t *e;
+    void *client; /* NULL once the connection is gone */
+    struct euser *user;
+    session_t *u_next, *u_prev;
+    struct sub *subs;
+    wheel_timer_t timer; /* idle check while connected; the grace window while lingering */
+    const pd_istr_t *device;
+    uint64_t sid;
+    uint64_t last_activity; /* ms: last sign of the user (for server-side idle) */
+    uint32_t nsubs;
+    uint16_t pending;          /* store calls in flight */
+    uint8_t claim;             /* PD_ONLINE / PD_AWAY / PD_BUSY while present */
+    unsigned present : 1;      /* registered in the store */
+    unsigned withdrawn : 1;    /* set_offline: heartbeats do not bring it back */
+    unsigned lingering : 1;    /* closed, in its grace window */
+    unsigned closed : 1;       /* the connection is gone */
+    unsigned auto_away : 1;    /* opted in to server-side idle detection */
+    unsigned auto_away_on : 1; /* currently away because of it */
+};
+
+struct engine_counters {
+    uint64_t *changes, *deliveries, *coalesced, *grace_expired, *grace_revived, *timeouts;
+    int64_t *sessions, *present, *subscriptions;
+};
+
+struct engine {
+    engine_config_t cfg;
+    store_t *store;
+    wheel_t *wheel;
+    pd_clock_t clock;
+    const pd_hashkey_t *key;
+    engine_client_ops_t ops;
+    engine_codec_t codec;
+    pd_log_t *log;
+    hmap_t users;
+    hmap_t subs;
+    istr_table_t labels;
+    uint64_t next_sid;
+    uint32_t epoch;
+    struct engine_counters n;
+};
+
+/* A request waiting for its store call. */
+struct req {
+    session_t *s;
+    engine_done_cb done;
+    engine_presences_cb pdone;
+    void *arg;
+};
+
+static uint64_t dummy_counter;
+static int64_t dummy_gauge;
+
+void engine_config_default(engine_config_t *cfg) {
+    cfg->heartbeat_ttl_ms = 30000;
+    cfg->offline_grace_ms = 5000;
+    cfg->away_after_ms = 300000;
+    cfg->max_subscriptions = 10000;
+}
+
+static uint64_t now_ms(engine_t *e) {
+    return pd_clock_ms(&e->clock);
+}
+
+/* --- Users --- */
+
+static bool euser_eq(const hmap_node_t *n, const void *key, size_t len) {
+    const struct euser *u = (const struct euser *)n;
+    return u->id_len == len && memcmp(u->id, key, len) == 0;
+}
+
+static struct euser *find_user(engine_t *e, pd_str_t id) {
+    return (struct euser *)hmap_find(&e->users, pd_hash(e->key, id.s, id.len), id.s, id.len,
+                                     euser_eq);
+}
+
+static struct euser *get_user(engine_t *e, pd_str_t id) {
+    struct euser *u = find_user(e, id);
+    if (u)
+        return u;
+    u = calloc(1, sizeof(*u) + id.len + 1);
+    if (!u)
+        return NULL;
+    u->id_len = (uint16_t)id.len;
+    memcpy(u->id, id.s, id.len);
+    hmap_insert(&e->users, &u->node, pd_hash(e->key, id.s, id.len));
+    return u;
+}
+
+static pd_str_t user_id(const struct euser *u) {
+    return (pd_str_t){u->id, u->id_len};
+}
+
+static void maybe_free_user(engine_t *e, struct euser *u) {
+    if (u->sessions || u->watchers)
+        return;
+    hmap_remove(&e->users, &u->node);
+    free(u);
+}
+
+/* --- Subscriptions --- */
+
+static uint64_t sub_hash(const session_t *w, const struct euser *t) {
+    uintptr_t k[2] = {(uintptr_t)w, (uintptr_t)t};
+    return pd_hash(w->e->key, k, sizeof(k));
+}
+
+static bool sub_eq(const hmap_node_t *n, const void *key, size_t len) {
+    (void)len;
+    const struct sub *s = (const struct sub *)n;
+    const uintptr_t *k = key;
+    return (uintptr_t)s->watcher == k[0] && (uintptr_t)s->target == k[1];
+}
+
+static struct sub *find_sub(engine_t *e, session_t *w, struct euser *t) {
+    uintptr_t k[2] = {(uintptr_t)w, (uintptr_t)t};
+    return (struct sub *)hmap_find(&e->subs, sub_hash(w, t), k, sizeof(k), sub_eq);
+}
+
+static struct sub *add_sub(engine_t *e, session_t *w, struct euser *t) {
+    struct sub *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    if (t->nwatchers == 0 && store_watch(e->store, user_id(t)) != 0) {
+        free(s);
+        return NULL;
+    }
+    s->target = t;
+    s->watcher = w;
+    s->t_next = t->watchers;
+    if (t->watchers)
+        t->watchers->t_prev = s;
+    t->watchers = s;
+    t->nwatchers++;
+    s->w_next = w->subs;
+    if (w->subs)
+        w->subs->w_prev = s;
+    w->subs = s;
+    w->nsubs++;
+    hmap_insert(&e->subs, &s->node, sub_hash(w, t));
+    (*e->n.subscriptions)++;
+    return s;
+}
+
+static void remove_sub(engine_t *e, struct sub *s) {
+    struct euser *t = s->target;
+    session_t *w = s->watcher;
+    if (s->slot)
+        e->ops.unslot(&s->slot);
+    hmap_remove(&e->subs, &s->node);
+    if (s->t_prev)
+        s->t_prev->t_next = s->t_next;
+    else
+        t->watchers = s->t_next;
+    if (s->t_next)
+        s->t_next->t_prev = s->t_prev;
+    if (s->w_prev)
+        s->w_prev->w_next = s->w_next;
+    else
+        w->subs = s->w_next;
+    if (s->w_next)
+        s->w_next->w_prev = s->w_prev;
+    w->nsubs--;
+    t->nwatchers--;
+    (*e->n.subscriptions)--;
+    free(s);
+    if (t->nwatchers == 0) {
+        store_unwatch(e->store, user_id(t));
+        maybe_free_user(e, t);
+    }
+}
+
+/* --- Fan-out --- */
+
+static void on_presence_changed(void *ctx, const pd_presence_t *p) {
+    engine_t *e = ctx;
+    (*e->n.changes)++;
+    struct euser *u = find_user(e, (pd_str_t){p->user_id, p->user_id_len});
+    if (!u || !u->watchers)
+        return;
+    /* Encoded once; every watcher queues a reference to the same frame. */
+    pd_obuf_t *frame = e->codec.presence_update(p);
+    if (!frame)
+        return;
+    for (struct sub *s = u->watchers; s; s = s->t_next) {
+        if (!s->watcher->client)
+            continue;
+        int rc = e->ops.send_coalesced(s->watcher->client, frame, &s->slot);
+        if (rc == 1)
+            (*e->n.coalesced)++;
+        else if (rc == 0)
+            (*e->n.deliveries)++;
+    }
+    pd_obuf_release(frame);
+}
+
+/* --- Sessions --- */
+
+static void session_timer(wheel_timer_t *t, uint64_t now);
+
+session_t *engine_session_open(engine_t *e, void *client, pd_str_t user) {
+    struct euser *u = get_user(e, user);
+    if (!u)
+        return NULL;
+    session_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        maybe_free_user(e, u);
+        return NULL;
+    }
+    s->e = e;
+    s->client = client;
+    s->user = u;
+    s->sid = ++e->next_sid;
+    s->last_activity = now_ms(e);
+    wheel_timer_init(&s->timer, session_timer);
+    s->u_next = u->sessions;
+    if (u->sessions)
+        u->sessions->u_prev = s;
+    u->sessions = s;
+    (*e->n.sessions)++;
+    return s;
+}
+
+pd_str_t engine_session_user(const session_t *s) {
+    return user_id(s->user);
+}
+
+uint64_t engine_session_id(const session_t *s) {
+    return s->sid;
+}
+
+const char *engine_session_device(const session_t *s, size_t *len) {
+    if (!s->device)
+        return NULL;
+    *len = s->device->len;
+    return s->device->s;
+}
+
+uint32_t engine_session_subscriptions(const session_t *s) {
+    return s->nsubs;
+}
+
+static void maybe_free(session_t *s) {
+    if (!s->closed || s->pending || s->lingering)
+        return;
+    engine_t *e = s->e;
+    struct euser *u = s->user;
+    wheel_cancel(e->wheel, &s->timer);
+    if (s->u_prev)
+        s->u_prev->u_next = s->u_next;
+    else
+        u->sessions = s->u_next;
+    if (s->u_next)
+        s->u_next->u_prev = s->u_prev;
+    istr_put(&e->labels, s->device);
+    free(s);
+    (*e->n.sessions)--;
+    maybe_free_user(e, u);
+}
+
+static void set_present(session_t *s, bool present) {
+    if (s->present == present)
+        return;
+    s->present = present;
+    if (present)
+        (*s->e->n.present)++;
+    else
+        (*s->e->n.present)--;
+}
+
+/* Arms the idle check of a session that opted in, is connected and shows online. */
+static void arm_idle(session_t *s) {
+    engine_t *e = s->e;
+    if (s->auto_away && s->present && !s->closed && s->claim == PD_ONLINE)
+        wheel_schedule(e->wheel, &s->timer, s->last_activity + e->cfg.away_after_ms);
+    else if (!s->lingering)
+        wheel_cancel(e->wheel, &s->timer);
+}
+
+static void req_presence_done(void *arg, int err, const pd_presence_t *p) {
+    (void)p;
+    struct req *r = arg;
+    session_t *s = r->s;
+    s->pending--;
+    if (r->done)
+        r->done(r->arg, err);
+    free(r);
+    maybe_free(s);
+}
+
+/* Registers the session's current claim and device in the store, with user fields. */
+static int push_session(session_t *s, const store_user_fields_t *fields, engine_done_cb done,
+                        void *arg) {
+    engine_t *e = s->e;
+    struct req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return PD_ENOMEM;
+    r->s = s;
+    r->done = done;
+    r->arg = arg;
+    store_session_t ss = {.sid = s->sid,
+                          .device = s->device ? s->device->s : "unknown",
+                          .device_len = s->device ? s->device->len : 7,
+                          .status = s->claim};
+    s->pending++;
+    int rc = store_session_upsert(e->store, user_id(s->user), &ss, fields, req_presence_done, r);
+    if (rc) {
+        s->pending--;
+        free(r);
+    }
+    return rc;
+}
+
+/* A reconnect of the user ends the grace windows of their lingering sessions here. */
+static void revive_user(engine_t *e, struct euser *u, session_t *except) {
+    for (session_t *t = u->sessions, *next; t; t = next) {
+        next = t->u_next;
+        if (t != except && t->lingering) {
+            t->lingering = 0;
+            wheel_cancel(e->wheel, &t->timer);
+            (*e->n.grace_revived)++;
+            maybe_free(t);
+        }
+    }
+}
+
+int engine_update(session_t *s, const engine_update_t *u, engine_done_cb done, void *arg) {
+    engine_t *e = s->e;
+    if (s->closed)
+        return PD_ECLOSED;
+    if (u->status == PD_OFFLINE)
+        return engine_set_offline(s, done, arg);
+
+    const pd_istr_t *dev = NULL;
+    if (u->device.s) {
+        dev = istr_get(&e->labels, u->device.s, u->device.len);
+        if (!dev)
+            return PD_ENOMEM;
+    }
+    /* Remember the state to restore if the store refuses. */
+    const pd_istr_t *old_dev = s->device;
+    uint8_t old_claim = s->claim;
+    bool was_present = s->present, was_withdrawn = s->withdrawn, was_auto = s->auto_away,
+         was_auto_on = s->auto_away_on;
+
+    if (dev)
+        s->device = dev;
+    if (u->status >= 0)
+        s->claim = (uint8_t)u->status;
+    else if (u->announce || !s->present)
+        s->claim = PD_ONLINE;
+    if (u->auto_away >= 0)
+        s->auto_away = (unsigned)u->auto_away;
+    s->auto_away_on = 0; /* an explicit claim replaces an automatic away */
+    s->last_activity = now_ms(e);
+    s->withdrawn = 0;
+    if (!was_present)
+        revive_user(e, s->user, s);
+    set_present(s, true);
+
+    int rc = push_session(s, &u->fields, done, arg);
+    if (rc) {
+        if (dev)
+            s->device = old_dev;
+        s->claim = old_claim;
+        s->withdrawn = was_withdrawn;
+        s->auto_away = was_auto;
+        s->auto_away_on = was_auto_on;
+        set_present(s, was_present);
+        istr_put(&e->labels, dev);
+        return rc;
+    }
+    istr_put(&e->labels, dev ? old_dev : NULL);
+    arm_idle(s);
+    return 0;
+}
+
+void engine_heartbeat(session_t *s, pd_str_t device) {
+    if (s->closed || s->withdrawn)
+        return;
+    bool new_device = device.s && (!s->device || s->device->len != device.len ||
+                                   memcmp(s->device->s, device.s, device.len) != 0);
+    if (s->present && !new_device)
+        return;
+    engine_update_t u = {.status = -1, .announce = false, .device = device, .auto_away = -1};
+    if (s->present)
+        u.status = (int8_t)s->claim;
+    engine_update(s, &u, NULL, NULL);
+}
+
+static void req_removed(void *arg, int err, bool lingering) {
+    struct req *r = arg;
+    session_t *s = r->s;
+    s->pending--;
+    if (lingering && s->closed) {
+        /* The user's last session: offline only if the grace window passes. */
+        s->lingering = 1;
+        wheel_schedule(s->e->wheel, &s->timer, now_ms(s->e) + s->e->cfg.offline_grace_ms);
+    }
+    if (r->done)
+        r->done(r->arg, err);
+    free(r);
+    maybe_free(s);
+}
+
+static int remove_session(session_t *s, int mode, engine_done_cb done, void *arg) {
+    struct req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return PD_ENOMEM;
+    r->s = s;
+    r->done = done;
+    r->arg = arg;
+    s->pending++;
+    int rc = store_session_remove(s->e->store, user_id(s->user), s->sid, mode, req_removed, r);
+    if (rc) {
+        s->pending--;
+        free(r);
+    }
+    return rc;
+}
+
+int engine_set_offline(session_t *s, engine_done_cb done, void *arg) {
+    if (s->closed)
+        return PD_ECLOSED;
+    s->withdrawn = 1;
+    s->auto_away_on = 0;
+    wheel_cancel(s->e->wheel, &s->timer);
+    if (!s->present) {
+        if (done)
+            done(arg, 0);
+        return 0;
+    }
+    set_present(s, false);
+    int rc = remove_session(s, STORE_REMOVE_NOW, done, arg);
+    if (rc)
+        set_present(s, true);
+    return rc;
+}
+
+void engine_activity(session_t *s) {
+    if (s->closed)
+        return;
+    s->last_activity = now_ms(s->e);
+    if (s->auto_away_on && s->present) {
+        s->auto_away_on = 0;
+        s->claim = PD_ONLINE;
+        push_session(s, NULL, NULL, NULL);
+    }
+    if (!wheel_timer_armed(&s->timer))
+        arm_idle(s);
+}
+
+static void session_timer(wheel_timer_t *t, uint64_t now) {
+    session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));
+    engine_t *e = s->e;
+    if (s->lingering) {
+        /* The grace window passed without a reconnect: the user goes offline now. */
+        s->lingering = 0;
+        (*e->n.grace_expired)++;
+        if (remove_session(s, STORE_REMOVE_FINAL, NULL, NULL) != 0)
+            maybe_free(s);
+        return;
+    }
+    if (!s->auto_away || !s->present || s->closed || s->claim != PD_ONLINE)
+        return;
+    uint64_t due = s->last_activity + e->cfg.away_after_ms;
+    if (due > now) {
+        wheel_schedule(e->wheel, t, due); /* activity since arming */
+        return;
+    }
+    s->claim = PD_AWAY;
+    s->auto_away_on = 1;
+    push_session(s, NULL, NULL, NULL);
+}
+
+void engine_session_close(session_t *s, int how) {
+    engine_t *e = s->e;
+    while (s->subs)
+        remove_sub(e, s->subs);
+    s->client = NULL;
+    s->closed = 1;
+    wheel_cancel(e->wheel, &s->timer);
+    if (how == ENGINE_END_TIMEOUT)
+        (*e->n.timeouts)++;
+    s->pending++; /* holds s across a store call that may complete (and free it) at once */
+    if (s->present) {
+        set_present(s, false);
+        int mode = how == ENGINE_END_TIMEOUT ? STORE_REMOVE_NOW : STORE_REMOVE_GRACE;
+        if (remove_session(s, mode, NULL, NULL) != 0)
+            PD_WARN(e->log, "engine", "session %llu of %.*s: cannot remove from the store",
+                    (unsigned long long)s->sid, (int)s->user->id_len, s->user->id);
+    }
+    s->pending--;
+    maybe_free(s);
+}
+
+void engine_flush_lingering(engine_t *e) {
+    for (hmap_node_t *n = hmap_first(&e->users); n;) {
+        struct euser *u = (struct euser *)n;
+        n = hmap_next(&e->users, n);
+        /* Timer callbacks may free the user: fetch what is needed first. */
+        session_t *t = u->sessions;
+        while (t) {
+            session_t *next = t->u_next;
+            if (t->lingering) {
+                wheel_cancel(e->wheel, &t->timer);
+                session_timer(&t->timer, now_ms(e));
+            }
+            t = next;
+        }
+    }
+}
+
+/* --- Snapshots --- */
+
+static int cmp_str(const void *a, const void *b) {
+    const pd_str_t *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return memcmp(x->s, y->s, x->len);
+}
+
+/* Copies ids without duplicates into out (room for n); returns how many. */
+static size_t unique_ids(const pd_str_t *ids, size_t n, pd_str_t *out) {
+    memcpy(out, ids, n * sizeof(*ids));
+    qsort(out, n, sizeof(*out), cmp_str);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (k == 0 || cmp_str(&out[k - 1], &out[i]) != 0)
+            out[k++] = out[i];
+    return k;
+}
+
+/* last_seen of a user with live sessions here is refined with their liveness: heartbeats
+ * never reach the store, so its value is as of the last change. */
+static double local_last_seen(engine_t *e, const pd_presence_t *p) {
+    struct euser *u = find_user(e, (pd_str_t){p->user_id, p->user_id_len});
+    double best = p->last_seen;
+    if (!u)
+        return best;
+    uint64_t now = now_ms(e);
+    double wall = pd_clock_wall(&e->clock);
+    for (session_t *s = u->sessions; s; s = s->u_next) {
+        if (!s->present || !s->client)
+            continue;
+        uint64_t rx = e->ops.last_rx_ms(s->client);
+        double t = wall - (double)(now > rx ? now - rx : 0) / 1000.0;
+        if (t > best)
+            best = t;
+    }
+    return best;
+}
+
+static void req_presences_done(void *arg, int err, const pd_presence_t *ps, size_t n) {
+    struct req *r = arg;
+    session_t *s = r->s;
+    engine_t *e = s->e;
+    s->pending--;
+    pd_presence_t *view = NULL;
+    if (!err && n) {
+        view = malloc(n * sizeof(*view));
+        if (!view)
+            err = PD_ENOMEM;
+    }
+    if (view) {
+        for (size_t i = 0; i < n; i++) {
+            view[i] = ps[i];
+            if (view[i].status != PD_OFFLINE)
+                view[i].last_seen = local_last_seen(e, &ps[i]);
+        }
+    }
+    if (!s->closed)
+        r->pdone(r->arg, err, view, err ? 0 : n);
+    else
+        r->pdone(r->arg, PD_ECLOSED, NULL, 0);
+    free(view);
+    free(r);
+    maybe_free(s);
+}
+
+static int query(session_t *s, const pd_str_t *uniq, size_t n, engine_presences_cb done,
+                 void *arg) {
+    struct req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return PD_ENOMEM;
+    r->s = s;
+    r->pdone = done;
+    r->arg = arg;
+    s->pending++;
+    int rc = store_presence_get(s->e->store, uniq, n, req_presences_done, r);
+    if (rc) {
+        s->pending--;
+        free(r);
+    }
+    return rc;
+}
+
+int engine_subscribe(session_t *s, const pd_str_t *ids, size_t n, engine_presences_cb done,
+                     void *arg) {
+    engine_t *e = s->e;
+    if (s->closed)
+        return PD_ECLOSED;
+    pd_str_t *uniq = malloc(sizeof(*uniq) * (n ? n : 1));
+    if (!uniq)
+        return PD_ENOMEM;
+    n = unique_ids(ids, n, uniq);
+    /* Refuse before changing anything when the new ones would pass the limit. */
+    size_t fresh = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct euser *u = find_user(e, uniq[i]);
+        fresh += !u || !find_sub(e, s, u);
+    }
+    if (s->nsubs + fresh > e->cfg.max_subscriptions) {
+        free(uniq);
+        return PD_ELIMIT;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct euser *u = get_user(e, uniq[i]);
+        if (!u || (!find_sub(e, s, u) && !add_sub(e, s, u))) {
+            if (u)
+                maybe_free_user(e, u);
+            rc = PD_ENOMEM;
+        }
+    }
+    if (rc == 0)
+        rc = query(s, uniq, n, done, arg);
+    free(uniq);
+    return rc;
+}
+
+void engine_unsubscribe(session_t *s, const pd_str_t *ids, size_t n) {
+    engine_t *e = s->e;
+    for (size_t i = 0; i < n; i++) {
+        struct euser *u = find_user(e, ids[i]);
+        struct sub *sub = u ? find_sub(e, s, u) : NULL;
+        if (sub)
+            remove_sub(e, sub);
+    }
+}
+
+int engine_get_presence(session_t *s, const pd_str_t *ids, size_t n, engine_presences_cb done,
+                        void *arg) {
+    if (s->closed)
+        return PD_ECLOSED;
+    pd_str_t *uniq = malloc(sizeof(*uniq) * (n ? n : 1));
+    if (!uniq)
+        return PD_ENOMEM;
+    n = unique_ids(ids, n, uniq);
+    int rc = query(s, uniq, n, done, arg);
+    free(uniq);
+    return rc;
+}
+
+/* --- Engine --- */
+
+static void register_metrics(engine_t *e, pd_metrics_t *m) {
+#define COUNTER(field, name, help)                                                                 \
+    do {                                                                                           \
+        e->n.field = m ? pd_metrics_counter(m, name, help, NULL, NULL) : NULL;                     \
+        if (!e->n.field)                                                                           \
+            e->n.field = &dummy_counter;                                                           \
+    } while (0)
+#define GAUGE(field, name, help)                                                                   \
+    do {                                                                                           \
+        e->n.field = m ? pd_metrics_gauge(m, name, help, NULL, NULL) : NULL;                       \
+        if (!e->n.field)                                                                           \
+            e->n.field = &dummy_gauge;                                                             \
+    } while (0)
+    COUNTER(changes, "presenced_presence_changes_total",
+            "Visible presence changes announced by the store to this node");
+    COUNTER(deliveries, "presenced_fanout_deliveries_total",
+            "presence_update frames queued to watchers");
+    COUNTER(coalesced, "presenced_fanout_coalesced_total",
+            "presence_update frames that replaced an unsent one (slow watcher)");
+    COUNTER(grace_expired, "presenced_grace_expired_total",
+            "Disconnected sessions whose grace window passed (offline published)");
+    COUNTER(grace_revived, "presenced_grace_revived_total",
+            "Lingering sessions ended by a reconnect inside the grace window");
+    COUNTER(timeouts, "presenced_session_timeouts_total",
+            "Sessions ended by the liveness timeout (no heartbeat)");
+    GAUGE(sessions, "presenced_sessions", "Sessions (connections) on this node");
+    GAUGE(present, "presenced_sessions_present", "Sessions counted in their user's presence");
+    GAUGE(subscriptions, "presenced_subscriptions", "Watched users, summed over connections");
+#undef COUNTER
+#undef GAUGE
+}
+
+engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
+                     const pd_clock_t *clock, const pd_hashkey_t *key,
+                     const engine_client_ops_t *ops, const engine_codec_t *codec, pd_log_t *log,
+                     pd_metrics_t *metrics) {
+    engine_t *e = calloc(1, sizeof(*e));
+    if (!e)
+        return NULL;
+    e->cfg = *cfg;
+    e->store = store;
+    e->wheel = wheel;
+    e->clock = *clock;
+    e->key = key;
+    e->ops = *ops;
+    e->codec = *codec;
+    e->log = log;
+    if (hmap_init(&e->users, 1024) || hmap_init(&e->subs, 1024) ||
+        istr_table_init(&e->labels, key)) {
+        engine_free(e);
+        return NULL;
+    }
+    register_metrics(e, metrics);
+    store_set_listener(store,
+                       &(store_listener_t){.ctx = e, .presence_changed = on_presence_changed});
+    return e;
+}
+
+void engine_free(engine_t *e) {
+    if (!e)
+        return;
+    if (e->users.buckets) {
+        for (hmap_node_t *n = hmap_first(&e->users); n;) {
+            struct euser *u = (struct euser *)n;
+            n = hmap_next(&e->users, n);
+            /* The last removal may free u (when it has no session): count, do not re-read. */
+            for (uint32_t k = u->nwatchers; k > 0; k--)
+                remove_sub(e, u->watchers);
+        }
+        for (hmap_node_t *n = hmap_first(&e->users); n;) {
+            struct euser *u = (struct euser *)n;
+            n = hmap_next(&e->users, n);
+            while (u->sessions) {
+                session_t *s = u->sessions;
+                u->sessions = s->u_next;
+                wheel_cancel(e->wheel, &s->timer);
+                istr_put(&e->labels, s->device);
+                free(s);
+            }
+            hmap_remove(&e->users, &u->node);
+            free(u);
+        }
+    }
+    if (e->store)
+        store_set_listener(e->store, &(store_listener_t){0});
+    hmap_destroy(&e->users);
+    hmap_destroy(&e->subs);
+    if (e->labels.map.buckets)
+        istr_table_destroy(&e->labels);
+    free(e);
+}

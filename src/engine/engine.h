@@ -1,0 +1,142 @@
+/* The presence engine: sessions, their claims and liveness, the grace window, opt-in
+ * server-side idle, subscriptions and fan-out, following ARCHITECTURE.md section 2.
+ *
+ * Users' shared state lives behind the store interface (store/store.h); the engine keeps
+ * only what concerns this node's connections: their sessions, who they watch, and the
+ * timers. Visible changes come back from the store's listener and are fanned out to the
+ * local watchers: encoded once, queued by reference on every watcher, coalesced per
+ * (watcher, user) while unsent, so a slow watcher holds at most one pending update per user.
+ *
+ * The engine talks to connections only through engine_client_ops_t and to the wire format
+ * only through engine_codec_t, so it is tested without sockets or JSON.
+ *
+ * Memory: a session is about 112 bytes; a local user record 40 bytes + id; a subscription
+ * edge 72 bytes.
+ */
+#ifndef PD_ENGINE_H
+#define PD_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "presence/presence.h"
+#include "store/store.h"
+#include "util/clock.h"
+#include "util/hashmap.h"
+#include "util/obuf.h"
+#include "util/wheel.h"
+
+typedef struct engine engine_t;
+typedef struct session session_t;
+
+/* How the engine reaches a connection ("client"). */
+typedef struct engine_client_ops {
+    /* Queues a frame (a new reference is taken). 0, or negative when the client is gone. */
+    int (*send)(void *client, pd_obuf_t *frame);
+    /* Queues a frame, replacing in place the frame *slot names while that one is unsent.
+     * Returns 1 when it replaced (coalesced), 0 when it queued, negative when gone. */
+    int (*send_coalesced)(void *client, pd_obuf_t *frame, void **slot);
+    /* Forgets a slot before the memory holding it is freed. */
+    void (*unslot)(void **slot);
+    /* Starts closing the client with a WebSocket close code. */
+    void (*close)(void *client, uint16_t code, const char *reason);
+    /* Loop time (ms) of the client's last inbound frame: its liveness. */
+    uint64_t (*last_rx_ms)(void *client);
+} engine_client_ops_t;
+
+/* How the engine encodes what it fans out (provided by the protocol layer). */
+typedef struct engine_codec {
+    pd_obuf_t *(*presence_update)(const pd_presence_t *p);
+    pd_obuf_t *(*presence_hidden)(pd_str_t user_id);
+} engine_codec_t;
+
+typedef struct engine_config {
+    uint32_t heartbeat_ttl_ms;  /* liveness window (enforced by the server) */
+    uint32_t offline_grace_ms;  /* a disconnect waits this long before offline */
+    uint32_t away_after_ms;     /* opt-in server-side idle: away after this long */
+    uint32_t max_subscriptions; /* watched users per connection */
+} engine_config_t;
+
+void engine_config_default(engine_config_t *cfg);
+
+/* New engine. Borrows everything until engine_free. Sets itself as the store's listener.
+ * NULL when out of memory. */
+engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
+                     const pd_clock_t *clock, const pd_hashkey_t *key,
+                     const engine_client_ops_t *ops, const engine_codec_t *codec, pd_log_t *log,
+                     pd_metrics_t *metrics);
+
+/* Frees the engine; every session must be closed first (lingering ones are dropped). */
+void engine_free(engine_t *e);
+
+/* Ends every lingering session now (their grace windows are cut short, offline published):
+ * for an orderly shutdown, where no reconnect to this node can come. */
+void engine_flush_lingering(engine_t *e);
+
+/* --- Sessions --- */
+
+/* A new connection of user (a valid id). The session is not present until it announces
+ * itself (engine_update or a heartbeat). NULL when out of memory. */
+session_t *engine_session_open(engine_t *e, void *client, pd_str_t user);
+
+enum engine_end {
+    ENGINE_END_DISCONNECT, /* closed or dropped: offline after the grace window */
+    ENGINE_END_TIMEOUT     /* no liveness for heartbeat_ttl: offline at once */
+};
+
+/* The connection is gone; s must not be used after this. */
+void engine_session_close(session_t *s, int how);
+
+pd_str_t engine_session_user(const session_t *s);
+uint64_t engine_session_id(const session_t *s);
+/* The session's device label, or NULL before it has one. */
+const char *engine_session_device(const session_t *s, size_t *len);
+
+/* --- Requests. Each returns 0 and calls done exactly once (now or later), or returns a
+ * negative PD_E* code without calling it. --- */
+
+typedef void (*engine_done_cb)(void *arg, int err);
+typedef void (*engine_presences_cb)(void *arg, int err, const pd_presence_t *ps, size_t n);
+
+/* A change of the session's claim and the user's fields (set_online, set_status). */
+typedef struct engine_update {
+    int8_t status;   /* PD_ONLINE / PD_AWAY / PD_BUSY; PD_OFFLINE withdraws; -1 keep */
+    bool announce;   /* set_online: become present (online unless status says) */
+    pd_str_t device; /* new device label when device.s != NULL */
+    store_user_fields_t fields;
+    int8_t auto_away; /* -1 keep, 0 off, 1 on (server-side idle detection) */
+} engine_update_t;
+
+/* Applies u. A session becomes present by it unless it withdraws. PD_ELIMIT (via done) when
+ * the user has too many sessions. */
+int engine_update(session_t *s, const engine_update_t *u, engine_done_cb done, void *arg);
+
+/* A heartbeat: liveness is already counted by the connection; a heartbeat also makes a
+ * session that never announced itself present (the seed's semantics), and records a new
+ * device label. device.s NULL: no label given. Never answered, never fanned out. */
+void engine_heartbeat(session_t *s, pd_str_t device);
+
+/* The session withdraws from presence; the connection stays (it may still watch). */
+int engine_set_offline(session_t *s, engine_done_cb done, void *arg);
+
+/* User activity, for sessions that opted in to server-side idle detection. */
+void engine_activity(session_t *s);
+
+/* Starts watching ids; done receives the snapshot of those known (unknown users left
+ * out). PD_ELIMIT, before anything changes, when the watched count would pass the limit. */
+int engine_subscribe(session_t *s, const pd_str_t *ids, size_t n, engine_presences_cb done,
+                     void *arg);
+
+/* Stops watching ids (ids not watched are ignored). */
+void engine_unsubscribe(session_t *s, const pd_str_t *ids, size_t n);
+
+/* The presence of ids (unknown users left out). */
+int engine_get_presence(session_t *s, const pd_str_t *ids, size_t n, engine_presences_cb done,
+                        void *arg);
+
+/* Watched users of the session. */
+uint32_t engine_session_subscriptions(const session_t *s);
+
+#endif

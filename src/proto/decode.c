@@ -1,0 +1,344 @@
+/* Strict decoding of client messages on top of cJSON. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/proto.h"
+#include "util/error.h"
+
+#define DUP_SORT_MIN 12 /* objects with more keys are checked by sorting, not pairwise */
+
+static const char *const type_names[] = {
+#define PROTO_TYPE_STR(name, str) str,
+    PROTO_TYPE_MAP(PROTO_TYPE_STR)
+#undef PROTO_TYPE_STR
+};
+
+static const char *const error_names[] = {
+#define PROTO_ERR_STR(name, str, doc) str,
+    PROTO_ERROR_MAP(PROTO_ERR_STR)
+#undef PROTO_ERR_STR
+};
+
+const char *proto_type_name(int type) {
+    return type >= 0 && type < PROTO_TYPE_COUNT ? type_names[type] : "unknown";
+}
+
+const char *proto_error_name(int code) {
+    return code >= 0 && code < PROTO_E_COUNT ? error_names[code] : "internal";
+}
+
+/* Which fields each type may carry (besides "type" and "id"). */
+enum {
+    F_DEVICE = 1 << 0,
+    F_STATUS = 1 << 1,
+    F_CUSTOM = 1 << 2,
+    F_ACTIVITY = 1 << 3,
+    F_EXPIRES = 1 << 4,
+    F_AUTO_AWAY = 1 << 5,
+    F_USER_IDS = 1 << 6,
+};
+
+static const uint32_t allowed_fields[PROTO_TYPE_COUNT] = {
+    [PROTO_PING] = 0,
+    [PROTO_SET_ONLINE] = F_DEVICE | F_STATUS | F_CUSTOM | F_ACTIVITY | F_EXPIRES | F_AUTO_AWAY,
+    [PROTO_HEARTBEAT] = F_DEVICE,
+    [PROTO_SET_STATUS] = F_STATUS | F_CUSTOM | F_ACTIVITY | F_EXPIRES | F_AUTO_AWAY,
+    [PROTO_SET_OFFLINE] = 0,
+    [PROTO_ACTIVITY] = 0,
+    [PROTO_SUBSCRIBE] = F_USER_IDS,
+    [PROTO_UNSUBSCRIBE] = F_USER_IDS,
+    [PROTO_GET_PRESENCE] = F_USER_IDS,
+};
+
+static const struct {
+    const char *name;
+    uint32_t bit;
+} field_names[] = {
+    {"device", F_DEVICE},
+    {"status", F_STATUS},
+    {"custom_status", F_CUSTOM},
+    {"activity", F_ACTIVITY},
+    {"custom_status_expires_in", F_EXPIRES},
+    {"auto_away", F_AUTO_AWAY},
+    {"user_ids", F_USER_IDS},
+};
+
+static int fail(proto_error_t *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(proto_error_t *err, int code, const char *fmt, ...) {
+    err->code = (uint8_t)code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return PD_EPROTO;
+}
+
+/* The escape \u0000 would be silently cut short by cJSON's NUL-terminated strings. */
+static bool has_nul_escape(const uint8_t *d, size_t len) {
+    for (size_t i = 0; i + 5 < len; i++) {
+        if (d[i] != '\\')
+            continue;
+        if (d[i + 1] == 'u' && d[i + 2] == '0' && d[i + 3] == '0' && d[i + 4] == '0' &&
+            d[i + 5] == '0')
+            return true;
+        i++; /* skip the escaped character, so "\\u0000" (a backslash, then text) passes */
+    }
+    return false;
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* True when some object in the tree has a key twice. */
+static bool has_dup_keys(const cJSON *item) {
+    for (; item; item = item->next) {
+        if (cJSON_IsObject(item)) {
+            size_t n = 0;
+            for (const cJSON *c = item->child; c; c = c->next)
+                n++;
+            if (n >= 2 && n < DUP_SORT_MIN) {
+                for (const cJSON *a = item->child; a; a = a->next)
+                    for (const cJSON *b = a->next; b; b = b->next)
+                        if (strcmp(a->string, b->string) == 0)
+                            return true;
+            } else if (n >= DUP_SORT_MIN) {
+                const char **names = malloc(n * sizeof(*names));
+                if (!names)
+                    return true; /* refuse what cannot be checked */
+                size_t i = 0;
+                for (const cJSON *c = item->child; c; c = c->next)
+                    names[i++] = c->string;
+                qsort(names, n, sizeof(*names), cmp_names);
+                bool dup = false;
+                for (i = 1; i < n && !dup; i++)
+                    dup = strcmp(names[i - 1], names[i]) == 0;
+                free(names);
+                if (dup)
+                    return true;
+            }
+        }
+        if ((cJSON_IsObject(item) || cJSON_IsArray(item)) && has_dup_keys(item->child))
+            return true;
+    }
+    return false;
+}
+
+static int read_id(const cJSON *v, proto_id_t *id, proto_error_t *err) {
+    if (cJSON_IsString(v)) {
+        size_t n = strlen(v->valuestring);
+        if (n > PROTO_ID_MAX || !pd_label_valid(v->valuestring, n, PROTO_ID_MAX, true))
+            return fail(err, PROTO_E_BAD_ID, "\"id\" must be at most %d bytes, no controls",
+                        PROTO_ID_MAX);
+        id->kind = PROTO_ID_STR;
+        memcpy(id->s, v->valuestring, n + 1);
+        return 0;
+    }
+    if (cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) &&
+        fabs(v->valuedouble) <= 9007199254740991.0) {
+        id->kind = PROTO_ID_INT;
+        id->i = (int64_t)v->valuedouble;
+        return 0;
+    }
+    return fail(err, PROTO_E_BAD_ID, "\"id\" must be a string or an integer");
+}
+
+/* A nullable string field with its limit. */
+static int read_opt(const cJSON *v, const char *name, size_t max, bool allow_empty,
+                    proto_opt_t *out, proto_error_t *err) {
+    if (cJSON_IsNull(v)) {
+        out->state = PROTO_NULL;
+        return 0;
+    }
+    if (!cJSON_IsString(v))
+        return fail(err, PROTO_E_BAD_FIELD, "\"%s\" must be a string or null", name);
+    size_t n = strlen(v->valuestring);
+    if (n > max)
+        return fail(err, PROTO_E_TOO_LONG, "\"%s\" is longer than %zu bytes", name, max);
+    if (!pd_label_valid(v->valuestring, n, max, allow_empty))
+        return fail(err, PROTO_E_BAD_VALUE, "\"%s\" must be %stext without control characters",
+                    name, allow_empty ? "" : "non-empty ");
+    out->state = PROTO_SET;
+    out->v.s = v->valuestring;
+    out->v.len = n;
+    return 0;
+}
+
+static int read_ids(const cJSON *v, const proto_limits_t *lim, proto_msg_t *m, proto_error_t *err) {
+    if (!cJSON_IsArray(v))
+        return fail(err, PROTO_E_BAD_FIELD, "\"user_ids\" must be an array of strings");
+    size_t n = (size_t)cJSON_GetArraySize(v);
+    if (n > lim->max_ids)
+        return fail(err, PROTO_E_TOO_MANY_IDS, "at most %u user ids per request (got %zu)",
+                    lim->max_ids, n);
+    m->ids = malloc(sizeof(*m->ids) * (n ? n : 1));
+    if (!m->ids)
+        return fail(err, PROTO_E_INTERNAL, "out of memory");
+    size_t i = 0;
+    for (const cJSON *c = v->child; c; c = c->next, i++) {
+        if (!cJSON_IsString(c))
+            return fail(err, PROTO_E_BAD_FIELD, "\"user_ids\"[%zu] is not a string", i);
+        size_t len = strlen(c->valuestring);
+        if (len > PD_USER_ID_MAX)
+            return fail(err, PROTO_E_TOO_LONG, "\"user_ids\"[%zu] is longer than %d bytes", i,
+                        PD_USER_ID_MAX);
+        if (!pd_user_id_valid(c->valuestring, len))
+            return fail(err, PROTO_E_BAD_USER_ID,
+                        "\"user_ids\"[%zu] must be non-empty, without control characters", i);
+        m->ids[i].s = c->valuestring;
+        m->ids[i].len = len;
+    }
+    m->nids = (uint32_t)n;
+    return 0;
+}
+
+static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg_t *m,
+                         proto_error_t *err) {
+    uint32_t allowed = allowed_fields[m->type];
+    for (const cJSON *c = root->child; c; c = c->next) {
+        const char *k = c->string;
+        if (strcmp(k, "type") == 0 || strcmp(k, "id") == 0)
+            continue;
+        uint32_t bit = 0;
+        for (size_t i = 0; i < sizeof(field_names) / sizeof(field_names[0]) && !bit; i++)
+            if (strcmp(k, field_names[i].name) == 0)
+                bit = field_names[i].bit;
+        if (!(bit & allowed))
+            return fail(err, PROTO_E_UNKNOWN_FIELD, "%s has no field \"%.64s\"",
+                        proto_type_name(m->type), k);
+        int rc = 0;
+        switch (bit) {
+        case F_DEVICE:
+            /* Null means "no label" in the seed's vocabulary; absent keeps the current one. */
+            rc = read_opt(c, "device", PD_DEVICE_MAX, false, &m->device, err);
+            break;
+        case F_STATUS: {
+            if (!cJSON_IsString(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"status\" must be a string");
+            int st = pd_status_parse(c->valuestring, strlen(c->valuestring));
+            if (st < 0)
+                return fail(err, PROTO_E_BAD_STATUS,
+                            "\"status\" must be online, away, busy or offline");
+            m->status = (int8_t)st;
+            break;
+        }
+        case F_CUSTOM:
+            rc = read_opt(c, "custom_status", PD_CUSTOM_STATUS_MAX, true, &m->custom_status, err);
+            break;
+        case F_ACTIVITY:
+            rc = read_opt(c, "activity", PD_ACTIVITY_MAX, true, &m->activity, err);
+            break;
+        case F_EXPIRES:
+            if (cJSON_IsNull(c))
+                break;
+            if (!cJSON_IsNumber(c) || !(c->valuedouble > 0) || c->valuedouble > 31 * 86400.0)
+                return fail(err, PROTO_E_BAD_FIELD,
+                            "\"custom_status_expires_in\" must be seconds in (0, 2678400]");
+            m->custom_status_expires_in = c->valuedouble;
+            break;
+        case F_AUTO_AWAY:
+            if (!cJSON_IsBool(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"auto_away\" must be true or false");
+            m->auto_away = cJSON_IsTrue(c) ? 1 : 0;
+            break;
+        case F_USER_IDS:
+            rc = read_ids(c, lim, m, err);
+            break;
+        }
+        if (rc)
+            return rc;
+    }
+    if ((allowed & F_USER_IDS) && !m->ids)
+        return fail(err, PROTO_E_BAD_FIELD, "%s needs \"user_ids\"", proto_type_name(m->type));
+    if (m->custom_status_expires_in > 0 && m->custom_status.state != PROTO_SET)
+        return fail(err, PROTO_E_BAD_FIELD,
+                    "\"custom_status_expires_in\" needs a \"custom_status\" string");
+    return 0;
+}
+
+int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, proto_msg_t *m,
+                 proto_error_t *err) {
+    memset(m, 0, sizeof(*m));
+    m->status = -1;
+    m->auto_away = -1;
+    if (has_nul_escape(data, len))
+        return fail(err, PROTO_E_BAD_JSON, "strings may not contain \\u0000");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts((const char *)data, len, &end, 0);
+    if (!root)
+        return fail(err, PROTO_E_BAD_JSON, "not valid JSON");
+    while (end && (size_t)(end - (const char *)data) < len &&
+           (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    int rc;
+    if (!end || (size_t)(end - (const char *)data) != len) {
+        rc = fail(err, PROTO_E_BAD_JSON, "unexpected data after the JSON value");
+        goto err_free;
+    }
+    if (!cJSON_IsObject(root)) {
+        rc = fail(err, PROTO_E_BAD_MESSAGE, "a message is a JSON object");
+        goto err_free;
+    }
+    if (has_dup_keys(root)) {
+        rc = fail(err, PROTO_E_BAD_JSON, "duplicate key in an object");
+        goto err_free;
+    }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
+    if (id && (rc = read_id(id, &m->id, err)) != 0)
+        goto err_free;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    if (!cJSON_IsString(type)) {
+        rc = fail(err, PROTO_E_MISSING_TYPE, "a message needs a string \"type\"");
+        goto err_free;
+    }
+    m->type = PROTO_TYPE_COUNT;
+    for (int i = 0; i < PROTO_TYPE_COUNT; i++)
+        if (strcmp(type->valuestring, type_names[i]) == 0)
+            m->type = (uint8_t)i;
+    if (m->type == PROTO_TYPE_COUNT) {
+        rc = fail(err, PROTO_E_UNKNOWN_TYPE, "unknown message type \"%.64s\"", type->valuestring);
+        goto err_free;
+    }
+    m->root = root;
+    if ((rc = decode_fields(root, lim, m, err)) != 0) {
+        proto_id_t keep = m->id;
+        proto_msg_free(m);
+        m->id = keep;
+        return rc;
+    }
+    return 0;
+err_free:
+    cJSON_Delete(root);
+    return rc;
+}
+
+void proto_msg_free(proto_msg_t *m) {
+    free(m->ids);
+    cJSON_Delete(m->root);
+    memset(m, 0, sizeof(*m));
+    m->status = -1;
+    m->auto_away = -1;
+}
+
+bool proto_is_canonical_heartbeat(const uint8_t *data, size_t len, const char *device,
+                                  size_t device_len) {
+    static const char bare[] = "{\"type\":\"heartbeat\"}";
+    static const char head[] = "{\"type\":\"heartbeat\",\"device\":\"";
+    if (len == sizeof(bare) - 1)
+        return memcmp(data, bare, len) == 0;
+    if (!device || len != sizeof(head) - 1 + device_len + 2)
+        return false;
+    /* The device was validated when set, but may hold characters JSON escapes: the canonical
+     * bytes are only these when the label needs no escaping. */
+    if (memchr(device, '"', device_len) || memchr(device, '\\', device_len))
+        return false;
+    return memcmp(data, head, sizeof(head) - 1) == 0 &&
+           memcmp(data + sizeof(head) - 1, device, device_len) == 0 && data[len - 2] == '"' &&
+           data[len - 1] == '}';
+}

@@ -1,0 +1,165 @@
+#include "util/jsonw.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "util/error.h"
+
+#define JW_MAX_DEPTH 32
+
+static void put(jsonw_t *w, const void *s, size_t len) {
+    if (!w->err)
+        w->err = pd_obuf_append(&w->b, s, len);
+}
+
+void jw_init(jsonw_t *w, size_t size_hint) {
+    memset(w, 0, sizeof(*w));
+    w->b = pd_obuf_new(size_hint ? size_hint : 64);
+    if (!w->b)
+        w->err = PD_ENOMEM;
+    w->first = 1;
+}
+
+/* Before any value: a comma unless it is the first in its container or follows a key. */
+static void sep(jsonw_t *w) {
+    if (w->after_key) {
+        w->after_key = false;
+        return;
+    }
+    if (w->first & (1u << w->depth))
+        w->first &= ~(1u << w->depth);
+    else
+        put(w, ",", 1);
+}
+
+static void open(jsonw_t *w, char c) {
+    sep(w);
+    put(w, &c, 1);
+    if (w->depth + 1 >= JW_MAX_DEPTH) {
+        w->err = PD_ELIMIT;
+        return;
+    }
+    w->depth++;
+    w->first |= 1u << w->depth;
+}
+
+static void close_(jsonw_t *w, char c) {
+    if (w->depth == 0) {
+        w->err = PD_EINVAL;
+        return;
+    }
+    w->first &= ~(1u << w->depth);
+    w->depth--;
+    put(w, &c, 1);
+}
+
+void jw_obj(jsonw_t *w) {
+    open(w, '{');
+}
+void jw_obj_end(jsonw_t *w) {
+    close_(w, '}');
+}
+void jw_arr(jsonw_t *w) {
+    open(w, '[');
+}
+void jw_arr_end(jsonw_t *w) {
+    close_(w, ']');
+}
+
+static void put_escaped(jsonw_t *w, const char *s, size_t len) {
+    put(w, "\"", 1);
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        put(w, s + start, i - start);
+        char esc[8];
+        switch (c) {
+        case '"':
+            put(w, "\\\"", 2);
+            break;
+        case '\\':
+            put(w, "\\\\", 2);
+            break;
+        case '\n':
+            put(w, "\\n", 2);
+            break;
+        case '\r':
+            put(w, "\\r", 2);
+            break;
+        case '\t':
+            put(w, "\\t", 2);
+            break;
+        default:
+            snprintf(esc, sizeof(esc), "\\u%04x", c);
+            put(w, esc, 6);
+        }
+        start = i + 1;
+    }
+    put(w, s + start, len - start);
+    put(w, "\"", 1);
+}
+
+void jw_keyn(jsonw_t *w, const char *k, size_t len) {
+    sep(w);
+    put_escaped(w, k, len);
+    put(w, ":", 1);
+    w->after_key = true;
+}
+
+void jw_key(jsonw_t *w, const char *k) {
+    jw_keyn(w, k, strlen(k));
+}
+
+void jw_str(jsonw_t *w, const char *s, size_t len) {
+    sep(w);
+    put_escaped(w, s, len);
+}
+
+void jw_cstr(jsonw_t *w, const char *s) {
+    if (s)
+        jw_str(w, s, strlen(s));
+    else
+        jw_null(w);
+}
+
+void jw_null(jsonw_t *w) {
+    sep(w);
+    put(w, "null", 4);
+}
+
+void jw_bool(jsonw_t *w, bool v) {
+    sep(w);
+    put(w, v ? "true" : "false", v ? 4 : 5);
+}
+
+void jw_int(jsonw_t *w, int64_t v) {
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
+    sep(w);
+    put(w, num, (size_t)n);
+}
+
+void jw_time(jsonw_t *w, double seconds) {
+    char num[40];
+    int n = snprintf(num, sizeof(num), "%.3f", seconds);
+    sep(w);
+    put(w, num, (size_t)n);
+}
+
+void jw_raw(jsonw_t *w, const char *json, size_t len) {
+    sep(w);
+    put(w, json, len);
+}
+
+pd_obuf_t *jw_finish(jsonw_t *w) {
+    if (w->err || w->depth != 0) {
+        pd_obuf_release(w->b);
+        w->b = NULL;
+        return NULL;
+    }
+    pd_obuf_t *b = w->b;
+    w->b = NULL;
+    return b;
+}

@@ -30,6 +30,11 @@ typedef struct pd_config {
     uint32_t away_after;        /* ms */
     uint32_t max_subscriptions;
     uint32_t max_ids; /* user ids per request */
+    uint32_t room_announce_max;
+    uint32_t room_interval; /* ms */
+    uint32_t cursor_hz;
+    uint32_t max_rooms_per_connection;
+    uint32_t max_room_members;
     char log_level[16];
     char log_format[16];
     bool dev_auth;

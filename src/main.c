@@ -10,6 +10,7 @@
 #include "config.h"
 #include "dispatch/dispatch.h"
 #include "engine/engine.h"
+#include "rooms/rooms.h"
 #include "http/exchange.h"
 #include "log.h"
 #include "metrics.h"
@@ -40,6 +41,7 @@ struct app {
     pd_clock_t clock;
     store_t *store;
     engine_t *engine;
+    rooms_t *rooms;
     dispatch_t *dispatch;
     server_t *server;
     const char *origins[PD_CONFIG_LIST_MAX];
@@ -93,6 +95,7 @@ static void on_shutdown_done(void *arg) {
     struct app *a = arg;
     PD_INFO(&a->log, "main", "all connections closed; exiting");
     /* No reconnect can reach this node any more: grace windows end now. */
+    rooms_flush_lingering(a->rooms);
     engine_flush_lingering(a->engine);
     uv_timer_stop(&a->wheel_timer);
     server_close(a->server);
@@ -183,8 +186,19 @@ int main(int argc, char **argv) {
     dispatch_config_t dc = {.dev_auth = a->cfg.dev_auth,
                             .heartbeat_ttl_ms = a->cfg.heartbeat_ttl,
                             .max_ids = a->cfg.max_ids};
+    rooms_config_t rc;
+    rooms_config_default(&rc);
+    rc.announce_max = a->cfg.room_announce_max;
+    rc.interval_ms = a->cfg.room_interval;
+    rc.cursor_hz = a->cfg.cursor_hz;
+    rc.max_per_conn = a->cfg.max_rooms_per_connection;
+    rc.max_members = a->cfg.max_room_members;
+    rc.offline_grace_ms = a->cfg.offline_grace;
     if (a->engine)
-        a->dispatch = dispatch_new(&dc, a->engine, &a->clock, &a->log, a->metrics);
+        a->rooms = rooms_new(&rc, a->engine, a->store, &a->wheel, &a->clock, &a->hashkey,
+                             &dispatch_rooms_codec, &a->log, a->metrics);
+    if (a->rooms)
+        a->dispatch = dispatch_new(&dc, a->engine, a->rooms, &a->clock, &a->log, a->metrics);
     if (!a->dispatch) {
         PD_ERROR(&a->log, "main", "out of memory");
         goto out;
@@ -234,6 +248,7 @@ out:
         uv_run(a->loop, UV_RUN_DEFAULT);
     }
     dispatch_free(a->dispatch);
+    rooms_free(a->rooms);
     engine_free(a->engine);
     store_destroy(a->store);
     wheel_destroy(&a->wheel);

@@ -18,6 +18,7 @@ struct dispatch_counters {
 struct dispatch {
     dispatch_config_t cfg;
     engine_t *engine;
+    rooms_t *rooms;
     pd_clock_t clock;
     pd_log_t *log;
     proto_limits_t lim;
@@ -30,6 +31,8 @@ struct reply {
     conn_t *c;
     proto_id_t id;
     uint8_t type;
+    char channel[PROTO_CHANNEL_MAX];
+    uint8_t channel_len;
 };
 
 static uint64_t dummy_counter;
@@ -65,6 +68,14 @@ const engine_codec_t dispatch_codec = {
     .presence_hidden = proto_encode_presence_hidden,
 };
 
+const rooms_codec_t dispatch_rooms_codec = {
+    .member_event = proto_encode_member_event,
+    .member_left = proto_encode_member_left,
+    .member_json = proto_member_json,
+    .delta = proto_encode_channel_delta,
+    .signal = proto_encode_signal,
+};
+
 /* --- Answers --- */
 
 static void send_frame(conn_t *c, pd_obuf_t *f) {
@@ -92,13 +103,23 @@ static struct reply *reply_new(dispatch_t *d, conn_t *c, const proto_msg_t *m) {
         r->c = c;
         r->id = m->id;
         r->type = m->type;
+        r->channel_len = (uint8_t)m->channel.len;
+        if (m->channel.len)
+            memcpy(r->channel, m->channel.s, m->channel.len);
     }
     return r;
 }
 
 static void engine_error(dispatch_t *d, conn_t *c, const proto_id_t *id, int type, int err) {
     char msg[128];
-    if (err == PD_ELIMIT && type == PROTO_SUBSCRIBE) {
+    if (err == PD_ENOTFOUND) {
+        send_error(d, c, id, PROTO_E_NOT_MEMBER, "the connection has not joined this channel");
+    } else if (err == PD_EFULL) {
+        send_error(d, c, id, PROTO_E_ROOM_FULL, "the channel has as many members as allowed");
+    } else if (err == PD_ELIMIT && type == PROTO_JOIN) {
+        send_error(d, c, id, PROTO_E_ROOM_LIMIT,
+                   "the connection is in as many channels as allowed");
+    } else if (err == PD_ELIMIT && type == PROTO_SUBSCRIBE) {
         send_error(d, c, id, PROTO_E_SUBSCRIPTION_LIMIT,
                    "the connection would watch more users than allowed");
     } else if (err == PD_ELIMIT) {
@@ -133,6 +154,91 @@ static void on_presences(void *arg, int err, const pd_presence_t *ps, size_t n) 
         send_frame(r->c, proto_encode_presences(type, &r->id, ps, n));
     }
     free(r);
+}
+
+static pd_str_t reply_channel(const struct reply *r) {
+    return (pd_str_t){r->channel, r->channel_len};
+}
+
+static void on_state(void *arg, int err, const char *mode, const pd_member_t *ms, size_t n,
+                     uint32_t count, bool more) {
+    struct reply *r = arg;
+    if (err == PD_ECLOSED) {
+    } else if (err) {
+        engine_error(r->d, r->c, &r->id, r->type, err);
+    } else {
+        pd_str_t next =
+            more && n ? (pd_str_t){ms[n - 1].user_id, ms[n - 1].user_id_len} : (pd_str_t){0};
+        send_frame(r->c,
+                   proto_encode_channel_state(&r->id, reply_channel(r), mode, ms, n, count, next));
+    }
+    free(r);
+}
+
+static void on_members(void *arg, int err, const pd_member_t *ms, size_t n, uint32_t count,
+                       bool more) {
+    struct reply *r = arg;
+    if (err) {
+        engine_error(r->d, r->c, &r->id, r->type, err);
+    } else {
+        pd_str_t next =
+            more && n ? (pd_str_t){ms[n - 1].user_id, ms[n - 1].user_id_len} : (pd_str_t){0};
+        send_frame(r->c,
+                   proto_encode_channel_members(&r->id, reply_channel(r), ms, n, count, next));
+    }
+    free(r);
+}
+
+static void on_count(void *arg, int err, uint32_t count) {
+    struct reply *r = arg;
+    if (err)
+        engine_error(r->d, r->c, &r->id, r->type, err);
+    else
+        send_frame(r->c, proto_encode_channel_count(&r->id, reply_channel(r), count));
+    free(r);
+}
+
+/* Room requests; each either completes through a callback that frees r, or fails here. */
+static void do_room(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
+    struct reply *r = reply_new(d, c, m);
+    if (!r) {
+        send_error(d, c, &m->id, PROTO_E_INTERNAL, "out of memory");
+        return;
+    }
+    int rc = 0;
+    switch (m->type) {
+    case PROTO_JOIN:
+        rc = rooms_join(d->rooms, s, m->channel, m->metadata, on_state, r);
+        break;
+    case PROTO_LEAVE:
+        rc = rooms_leave(d->rooms, s, m->channel, on_done, r);
+        break;
+    case PROTO_UPDATE:
+        rc = rooms_update(d->rooms, s, m->channel, m->metadata, on_done, r);
+        break;
+    case PROTO_CHANNEL_MEMBERS:
+        rc = rooms_members(d->rooms, m->channel, m->after, m->limit, on_members, r);
+        break;
+    case PROTO_CHANNEL_COUNT:
+        rc = rooms_count(d->rooms, m->channel, on_count, r);
+        break;
+    case PROTO_CURSOR:
+    case PROTO_TYPING:
+        rc = m->type == PROTO_CURSOR
+                 ? rooms_signal(d->rooms, s, m->channel, STORE_SIGNAL_CURSOR, m->payload)
+                 : rooms_signal(d->rooms, s, m->channel, STORE_SIGNAL_TYPING,
+                                m->typing ? (pd_str_t){"true", 4} : (pd_str_t){"false", 5});
+        if (rc == 0)
+            send_ack(c, &m->id);
+        free(r);
+        if (rc)
+            engine_error(d, c, &m->id, m->type, rc);
+        return;
+    }
+    if (rc) {
+        engine_error(d, c, &m->id, m->type, rc);
+        free(r);
+    }
 }
 
 /* --- Requests --- */
@@ -215,6 +321,15 @@ static void handle(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m)
         engine_unsubscribe(s, m->ids, m->nids);
         send_ack(c, &m->id);
         break;
+    case PROTO_JOIN:
+    case PROTO_LEAVE:
+    case PROTO_UPDATE:
+    case PROTO_CURSOR:
+    case PROTO_TYPING:
+    case PROTO_CHANNEL_MEMBERS:
+    case PROTO_CHANNEL_COUNT:
+        do_room(d, c, s, m);
+        break;
     }
 }
 
@@ -276,9 +391,11 @@ static void on_message(void *ctx, conn_t *c, void *app, uint8_t *data, size_t le
 }
 
 static void on_close(void *ctx, conn_t *c, void *app, enum conn_end why) {
-    (void)ctx;
+    dispatch_t *d = ctx;
     (void)c;
-    engine_session_close(app, why == CONN_END_TIMEOUT ? ENGINE_END_TIMEOUT : ENGINE_END_DISCONNECT);
+    int how = why == CONN_END_TIMEOUT ? ENGINE_END_TIMEOUT : ENGINE_END_DISCONNECT;
+    rooms_session_close(d->rooms, app, how);
+    engine_session_close(app, how);
 }
 
 void dispatch_ws_handlers(dispatch_t *d, server_ws_handlers_t *h) {
@@ -290,13 +407,14 @@ void dispatch_ws_handlers(dispatch_t *d, server_ws_handlers_t *h) {
     h->on_close = on_close;
 }
 
-dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, const pd_clock_t *clock,
-                         pd_log_t *log, pd_metrics_t *metrics) {
+dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t *rooms,
+                         const pd_clock_t *clock, pd_log_t *log, pd_metrics_t *metrics) {
     dispatch_t *d = calloc(1, sizeof(*d));
     if (!d)
         return NULL;
     d->cfg = *cfg;
     d->engine = engine;
+    d->rooms = rooms;
     d->clock = *clock;
     d->log = log;
     d->lim.max_ids = cfg->max_ids;

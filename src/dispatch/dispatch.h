@@ -8,6 +8,7 @@
 #include <stdbool.h>
 
 #include "engine/engine.h"
+#include "rooms/rooms.h"
 #include "log.h"
 #include "metrics.h"
 #include "server/server.h"
@@ -21,9 +22,10 @@ typedef struct dispatch_config {
     uint32_t max_ids;          /* user ids per request */
 } dispatch_config_t;
 
-/* New dispatcher over engine. Borrows everything until dispatch_free. NULL on ENOMEM. */
-dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, const pd_clock_t *clock,
-                         pd_log_t *log, pd_metrics_t *metrics);
+/* New dispatcher over engine and rooms. Borrows everything until dispatch_free. NULL on
+ * ENOMEM. */
+dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t *rooms,
+                         const pd_clock_t *clock, pd_log_t *log, pd_metrics_t *metrics);
 void dispatch_free(dispatch_t *d);
 
 /* Fills in the server's WebSocket callbacks, bound to d. */
@@ -34,5 +36,8 @@ extern const engine_client_ops_t dispatch_client_ops;
 
 /* The engine's encoders: the protocol's presence_update frames. */
 extern const engine_codec_t dispatch_codec;
+
+/* The rooms module's encoders: the protocol's room events. */
+extern const rooms_codec_t dispatch_rooms_codec;
 
 #endif

@@ -42,6 +42,7 @@ struct session {
     struct euser *user;
     session_t *u_next, *u_prev;
     struct sub *subs;
+    void *rooms;         /* the rooms module's list of this connection's rooms */
     wheel_timer_t timer; /* idle check while connected; the grace window while lingering */
     const pd_istr_t *device;
     uint64_t sid;
@@ -277,6 +278,18 @@ const char *engine_session_device(const session_t *s, size_t *len) {
 
 uint32_t engine_session_subscriptions(const session_t *s) {
     return s->nsubs;
+}
+
+void *engine_session_client(const session_t *s) {
+    return s->client;
+}
+
+void **engine_session_rooms(session_t *s) {
+    return &s->rooms;
+}
+
+const engine_client_ops_t *engine_client_ops(const engine_t *e) {
+    return &e->ops;
 }
 
 static void maybe_free(session_t *s) {
@@ -746,8 +759,7 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
         return NULL;
     }
     register_metrics(e, metrics);
-    store_set_listener(store,
-                       &(store_listener_t){.ctx = e, .presence_changed = on_presence_changed});
+    store_listen_presence(store, e, on_presence_changed);
     return e;
 }
 
@@ -777,7 +789,7 @@ void engine_free(engine_t *e) {
         }
     }
     if (e->store)
-        store_set_listener(e->store, &(store_listener_t){0});
+        store_listen_presence(e->store, NULL, NULL);
     hmap_destroy(&e->users);
     hmap_destroy(&e->subs);
     if (e->labels.map.buckets)

@@ -139,4 +139,13 @@ int engine_get_presence(session_t *s, const pd_str_t *ids, size_t n, engine_pres
 /* Watched users of the session. */
 uint32_t engine_session_subscriptions(const session_t *s);
 
+/* The session's connection, NULL once it is gone. */
+void *engine_session_client(const session_t *s);
+
+/* A pointer kept in the session for the rooms module (its list of the connection's rooms). */
+void **engine_session_rooms(session_t *s);
+
+/* The engine's connection operations (for modules that send on their own). */
+const engine_client_ops_t *engine_client_ops(const engine_t *e);
+
 #endif

@@ -91,6 +91,10 @@ static int on_url(http_parser *hp, const char *at, size_t len) {
 
 static int on_header_field(http_parser *hp, const char *at, size_t len) {
     struct http_reqparser *p = from(hp);
+    /* After the head, fields are a chunked body's trailers: they must not be merged into the
+     * header section (RFC 9110 section 6.5.2), and nothing here needs them. */
+    if (p->headers_done)
+        return 0;
     if (p->nheaders == 0 || p->last_was_value) {
         if (p->nheaders >= p->lim.headers_max) {
             p->err_status = 431;
@@ -111,6 +115,8 @@ static int on_header_field(http_parser *hp, const char *at, size_t len) {
 
 static int on_header_value(http_parser *hp, const char *at, size_t len) {
     struct http_reqparser *p = from(hp);
+    if (p->headers_done)
+        return 0; /* a trailer, see on_header_field */
     struct hdr_off *h = &p->hdrs[p->nheaders - 1];
     if (!p->last_was_value) {
         h->value_off = p->head_len;
@@ -251,8 +257,9 @@ static int status_for(enum http_errno e) {
     switch (e) {
     case HPE_HEADER_OVERFLOW:
         return 431;
-    case HPE_INVALID_VERSION:
-        return 505;
+    /* Not HPE_INVALID_VERSION: http_parser raises it for a malformed version ("HTTP/1.x",
+     * "HTTP/1.1 "), which is a bad request line (400). A well-formed version other than 1.x
+     * is answered 505 once the request is complete. */
     default:
         return 400;
     }
@@ -262,16 +269,25 @@ size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
                            const http_request_t **out, int *status) {
     *out = NULL;
     *status = 0;
+    /* http_parser takes len 0 as end of input (an error mid-request, counted as 1 byte
+     * consumed); here it only means nothing arrived. */
+    if (len == 0)
+        return 0;
     if (HTTP_PARSER_ERRNO(&p->parser) == HPE_PAUSED)
         http_parser_pause(&p->parser, 0);
     p->complete = false;
 
     /* While the head is incomplete, feed no more than the head limit allows, so a client can
-     * make us scan at most head_max bytes before it is refused. */
+     * make us scan at most head_max bytes before it is refused: a head that is still
+     * incomplete after head_max bytes cannot fit. */
     size_t chunk = len;
     bool in_head = !p->in_message || !p->headers_done;
     if (in_head) {
-        size_t room = (size_t)p->lim.head_max + 1 - p->head_raw;
+        size_t room = (size_t)p->lim.head_max - p->head_raw;
+        if (room == 0) {
+            *status = 431;
+            return 0;
+        }
         if (chunk > room)
             chunk = room;
     }
@@ -299,14 +315,14 @@ size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
     }
     if (p->in_message && !p->headers_done) {
         p->head_raw += (uint32_t)n;
-        if (p->head_raw > p->lim.head_max) {
+        if (p->head_raw >= p->lim.head_max) {
             *status = 431;
             return n;
         }
     } else if (!p->in_message && n > 0) {
         /* Bytes between requests (CRLFs) count toward the next head too. */
         p->head_raw += (uint32_t)n;
-        if (p->head_raw > p->lim.head_max) {
+        if (p->head_raw >= p->lim.head_max) {
             *status = 400;
             return n;
         }

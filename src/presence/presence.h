@@ -53,4 +53,15 @@ typedef struct pd_presence {
     uint64_t version;          /* grows with every visible change of this user */
 } pd_presence_t;
 
+/* A room member as shown to others; pointers borrowed, valid during the call only. */
+typedef struct pd_member {
+    const char *user_id;
+    size_t user_id_len;
+    double joined_at, last_seen; /* epoch seconds */
+    const char *metadata;        /* a JSON object's text */
+    size_t metadata_len;
+    const char *const *devices; /* distinct device labels of its connections, sorted */
+    uint32_t ndevices;
+} pd_member_t;
+
 #endif

@@ -40,6 +40,25 @@ enum {
     F_EXPIRES = 1 << 4,
     F_AUTO_AWAY = 1 << 5,
     F_USER_IDS = 1 << 6,
+    F_CHANNEL = 1 << 7,
+    F_METADATA = 1 << 8,
+    F_CURSOR = 1 << 9,
+    F_TYPING = 1 << 10,
+    F_LIMIT = 1 << 11,
+};
+
+/* Fields a type cannot do without. */
+static const uint32_t required_fields[PROTO_TYPE_COUNT] = {
+    [PROTO_SUBSCRIBE] = F_USER_IDS,
+    [PROTO_UNSUBSCRIBE] = F_USER_IDS,
+    [PROTO_GET_PRESENCE] = F_USER_IDS,
+    [PROTO_JOIN] = F_CHANNEL,
+    [PROTO_LEAVE] = F_CHANNEL,
+    [PROTO_UPDATE] = F_CHANNEL | F_METADATA,
+    [PROTO_CURSOR] = F_CHANNEL | F_CURSOR,
+    [PROTO_TYPING] = F_CHANNEL | F_TYPING,
+    [PROTO_CHANNEL_MEMBERS] = F_CHANNEL,
+    [PROTO_CHANNEL_COUNT] = F_CHANNEL,
 };
 
 static const uint32_t allowed_fields[PROTO_TYPE_COUNT] = {
@@ -52,6 +71,13 @@ static const uint32_t allowed_fields[PROTO_TYPE_COUNT] = {
     [PROTO_SUBSCRIBE] = F_USER_IDS,
     [PROTO_UNSUBSCRIBE] = F_USER_IDS,
     [PROTO_GET_PRESENCE] = F_USER_IDS,
+    [PROTO_JOIN] = F_CHANNEL | F_METADATA,
+    [PROTO_LEAVE] = F_CHANNEL,
+    [PROTO_UPDATE] = F_CHANNEL | F_METADATA,
+    [PROTO_CURSOR] = F_CHANNEL | F_CURSOR,
+    [PROTO_TYPING] = F_CHANNEL | F_TYPING,
+    [PROTO_CHANNEL_MEMBERS] = F_CHANNEL | F_CURSOR | F_LIMIT,
+    [PROTO_CHANNEL_COUNT] = F_CHANNEL,
 };
 
 static const struct {
@@ -65,6 +91,11 @@ static const struct {
     {"custom_status_expires_in", F_EXPIRES},
     {"auto_away", F_AUTO_AWAY},
     {"user_ids", F_USER_IDS},
+    {"channel", F_CHANNEL},
+    {"metadata", F_METADATA},
+    {"cursor", F_CURSOR},
+    {"typing", F_TYPING},
+    {"limit", F_LIMIT},
 };
 
 static int fail(proto_error_t *err, int code, const char *fmt, ...)
@@ -198,9 +229,41 @@ static int read_ids(const cJSON *v, const proto_limits_t *lim, proto_msg_t *m, p
     return 0;
 }
 
+bool proto_channel_valid(const char *name, size_t len) {
+    if (len == 0 || len > PROTO_CHANNEL_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == ':' || c == '.' || c == '@' || c == '/' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Re-encodes a JSON value compactly (what is stored and relayed is our own canonical text,
+ * never the client's bytes) and checks its size. */
+static int read_json(const cJSON *v, const char *name, size_t max, pd_str_t *out,
+                     proto_error_t *err) {
+    char *text = cJSON_PrintUnformatted(v);
+    if (!text)
+        return fail(err, PROTO_E_INTERNAL, "out of memory");
+    size_t n = strlen(text);
+    if (n > max) {
+        free(text);
+        return fail(err, PROTO_E_TOO_LONG, "\"%s\" is %zu bytes encoded; the limit is %zu", name, n,
+                    max);
+    }
+    out->s = text;
+    out->len = n;
+    return 0;
+}
+
 static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg_t *m,
                          proto_error_t *err) {
     uint32_t allowed = allowed_fields[m->type];
+    uint32_t seen = 0;
     for (const cJSON *c = root->child; c; c = c->next) {
         const char *k = c->string;
         if (strcmp(k, "type") == 0 || strcmp(k, "id") == 0)
@@ -212,6 +275,7 @@ static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg
         if (!(bit & allowed))
             return fail(err, PROTO_E_UNKNOWN_FIELD, "%s has no field \"%.64s\"",
                         proto_type_name(m->type), k);
+        seen |= bit;
         int rc = 0;
         switch (bit) {
         case F_DEVICE:
@@ -250,12 +314,60 @@ static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg
         case F_USER_IDS:
             rc = read_ids(c, lim, m, err);
             break;
+        case F_CHANNEL:
+            if (!cJSON_IsString(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"channel\" must be a string");
+            m->channel.s = c->valuestring;
+            m->channel.len = strlen(c->valuestring);
+            if (!proto_channel_valid(m->channel.s, m->channel.len))
+                return fail(err, PROTO_E_BAD_CHANNEL,
+                            "\"channel\" must be 1..%d bytes of A-Z a-z 0-9 _ : . @ / -",
+                            PROTO_CHANNEL_MAX);
+            break;
+        case F_METADATA:
+            if (!cJSON_IsObject(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"metadata\" must be an object");
+            rc = read_json(c, "metadata", PROTO_METADATA_MAX, &m->metadata, err);
+            break;
+        case F_CURSOR:
+            if (m->type == PROTO_CHANNEL_MEMBERS) {
+                /* Here "cursor" is the pagination token: the last user id of a page. */
+                if (cJSON_IsNull(c))
+                    break;
+                if (!cJSON_IsString(c))
+                    return fail(err, PROTO_E_BAD_FIELD, "\"cursor\" must be a string or null");
+                m->after.s = c->valuestring;
+                m->after.len = strlen(c->valuestring);
+                if (m->after.len > PD_USER_ID_MAX)
+                    return fail(err, PROTO_E_TOO_LONG, "\"cursor\" is longer than %d bytes",
+                                PD_USER_ID_MAX);
+                break;
+            }
+            rc = read_json(c, "cursor", PROTO_CURSOR_MAX, &m->payload, err);
+            break;
+        case F_TYPING:
+            if (!cJSON_IsBool(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"typing\" must be true or false");
+            m->typing = cJSON_IsTrue(c) ? 1 : 0;
+            break;
+        case F_LIMIT:
+            if (!cJSON_IsNumber(c) || c->valuedouble != floor(c->valuedouble) ||
+                c->valuedouble < 1 || c->valuedouble > PROTO_PAGE_MAX)
+                return fail(err, PROTO_E_BAD_FIELD, "\"limit\" must be an integer in [1, %d]",
+                            PROTO_PAGE_MAX);
+            m->limit = (uint32_t)c->valuedouble;
+            break;
         }
         if (rc)
             return rc;
     }
-    if ((allowed & F_USER_IDS) && !m->ids)
-        return fail(err, PROTO_E_BAD_FIELD, "%s needs \"user_ids\"", proto_type_name(m->type));
+    uint32_t missing = required_fields[m->type] & ~seen;
+    for (size_t i = 0; missing && i < sizeof(field_names) / sizeof(field_names[0]); i++)
+        if (missing & field_names[i].bit)
+            return fail(err, PROTO_E_BAD_FIELD, "%s needs \"%s\"", proto_type_name(m->type),
+                        field_names[i].name);
+    if (m->type == PROTO_CHANNEL_MEMBERS && m->limit == 0)
+        m->limit = PROTO_PAGE_DEFAULT;
     if (m->custom_status_expires_in > 0 && m->custom_status.state != PROTO_SET)
         return fail(err, PROTO_E_BAD_FIELD,
                     "\"custom_status_expires_in\" needs a \"custom_status\" string");
@@ -320,6 +432,8 @@ err_free:
 
 void proto_msg_free(proto_msg_t *m) {
     free(m->ids);
+    free((char *)m->metadata.s);
+    free((char *)m->payload.s);
     cJSON_Delete(m->root);
     memset(m, 0, sizeof(*m));
     m->status = -1;

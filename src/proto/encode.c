@@ -150,3 +150,166 @@ pd_obuf_t *proto_encode_welcome(pd_str_t user_id, uint64_t session_id, uint32_t 
     jw_obj_end(&w);
     return seal(&w);
 }
+
+/* --- Rooms --- */
+
+static void put_member(jsonw_t *w, const pd_member_t *m) {
+    jw_obj(w);
+    jw_key(w, "user_id");
+    jw_str(w, m->user_id, m->user_id_len);
+    jw_key(w, "joined_at");
+    jw_time(w, m->joined_at);
+    jw_key(w, "last_seen");
+    jw_time(w, m->last_seen);
+    jw_key(w, "metadata");
+    /* Our own compact re-encoding of a validated object (proto_decode), never client bytes. */
+    jw_raw(w, m->metadata, m->metadata_len);
+    jw_key(w, "devices");
+    jw_arr(w);
+    for (uint32_t i = 0; i < m->ndevices; i++)
+        jw_cstr(w, m->devices[i]);
+    jw_arr_end(w);
+    jw_obj_end(w);
+}
+
+pd_obuf_t *proto_member_json(const pd_member_t *m) {
+    jsonw_t w;
+    jw_init(&w, 128 + m->user_id_len + m->metadata_len);
+    put_member(&w, m);
+    return jw_finish(&w);
+}
+
+static void put_head(jsonw_t *w, const char *type, const proto_id_t *id, pd_str_t channel) {
+    jw_obj(w);
+    jw_key(w, "type");
+    jw_cstr(w, type);
+    put_id(w, id);
+    jw_key(w, "channel");
+    jw_str(w, channel.s, channel.len);
+}
+
+static pd_obuf_t *members_page(const char *type, const proto_id_t *id, pd_str_t channel,
+                               const char *mode, const pd_member_t *ms, size_t n, uint32_t count,
+                               pd_str_t next_cursor) {
+    size_t hint = 128 + channel.len;
+    for (size_t i = 0; i < n; i++)
+        hint += 128 + ms[i].user_id_len + ms[i].metadata_len;
+    jsonw_t w;
+    jw_init(&w, hint);
+    put_head(&w, type, id, channel);
+    if (mode) {
+        jw_key(&w, "mode");
+        jw_cstr(&w, mode);
+    }
+    jw_key(&w, "count");
+    jw_int(&w, count);
+    jw_key(&w, "members");
+    jw_arr(&w);
+    for (size_t i = 0; i < n; i++)
+        put_member(&w, &ms[i]);
+    jw_arr_end(&w);
+    jw_key(&w, "next_cursor");
+    if (next_cursor.s)
+        jw_str(&w, next_cursor.s, next_cursor.len);
+    else
+        jw_null(&w);
+    jw_obj_end(&w);
+    return seal(&w);
+}
+
+pd_obuf_t *proto_encode_channel_state(const proto_id_t *id, pd_str_t channel, const char *mode,
+                                      const pd_member_t *ms, size_t n, uint32_t count,
+                                      pd_str_t next_cursor) {
+    return members_page("channel_state", id, channel, mode, ms, n, count, next_cursor);
+}
+
+pd_obuf_t *proto_encode_channel_members(const proto_id_t *id, pd_str_t channel,
+                                        const pd_member_t *ms, size_t n, uint32_t count,
+                                        pd_str_t next_cursor) {
+    return members_page("channel_members", id, channel, NULL, ms, n, count, next_cursor);
+}
+
+pd_obuf_t *proto_encode_channel_count(const proto_id_t *id, pd_str_t channel, uint32_t count) {
+    jsonw_t w;
+    jw_init(&w, 96 + channel.len);
+    put_head(&w, "channel_count", id, channel);
+    jw_key(&w, "count");
+    jw_int(&w, count);
+    jw_obj_end(&w);
+    return seal(&w);
+}
+
+pd_obuf_t *proto_encode_member_event(const char *type, pd_str_t channel, const pd_member_t *m,
+                                     uint32_t count) {
+    jsonw_t w;
+    jw_init(&w, 192 + channel.len + m->user_id_len + m->metadata_len);
+    put_head(&w, type, NULL, channel);
+    jw_key(&w, "member");
+    put_member(&w, m);
+    jw_key(&w, "count");
+    jw_int(&w, count);
+    jw_obj_end(&w);
+    return seal(&w);
+}
+
+pd_obuf_t *proto_encode_member_left(pd_str_t channel, pd_str_t user, const char *reason,
+                                    uint32_t count) {
+    jsonw_t w;
+    jw_init(&w, 128 + channel.len + user.len);
+    put_head(&w, "member_left", NULL, channel);
+    jw_key(&w, "user_id");
+    jw_str(&w, user.s, user.len);
+    jw_key(&w, "reason");
+    jw_cstr(&w, reason);
+    jw_key(&w, "count");
+    jw_int(&w, count);
+    jw_obj_end(&w);
+    return seal(&w);
+}
+
+static void put_raw_list(jsonw_t *w, const char *key, const pd_str_t *items, size_t n, bool raw) {
+    jw_key(w, key);
+    jw_arr(w);
+    for (size_t i = 0; i < n; i++) {
+        if (raw)
+            jw_raw(w, items[i].s, items[i].len);
+        else
+            jw_str(w, items[i].s, items[i].len);
+    }
+    jw_arr_end(w);
+}
+
+pd_obuf_t *proto_encode_channel_delta(pd_str_t channel, const pd_str_t *joined, size_t njoined,
+                                      const pd_str_t *left, size_t nleft, const pd_str_t *updated,
+                                      size_t nupdated, uint32_t count) {
+    size_t hint = 128 + channel.len;
+    for (size_t i = 0; i < njoined; i++)
+        hint += joined[i].len + 1;
+    for (size_t i = 0; i < nleft; i++)
+        hint += left[i].len + 3;
+    for (size_t i = 0; i < nupdated; i++)
+        hint += updated[i].len + 1;
+    jsonw_t w;
+    jw_init(&w, hint);
+    put_head(&w, "channel_delta", NULL, channel);
+    put_raw_list(&w, "joined", joined, njoined, true);
+    put_raw_list(&w, "left", left, nleft, false);
+    put_raw_list(&w, "updated", updated, nupdated, true);
+    jw_key(&w, "count");
+    jw_int(&w, count);
+    jw_obj_end(&w);
+    return seal(&w);
+}
+
+pd_obuf_t *proto_encode_signal(const char *type, pd_str_t channel, pd_str_t user, const char *key,
+                               pd_str_t json) {
+    jsonw_t w;
+    jw_init(&w, 96 + channel.len + user.len + json.len);
+    put_head(&w, type, NULL, channel);
+    jw_key(&w, "user_id");
+    jw_str(&w, user.s, user.len);
+    jw_key(&w, key);
+    jw_raw(&w, json.s, json.len);
+    jw_obj_end(&w);
+    return seal(&w);
+}

@@ -21,8 +21,13 @@
 #include "presence/presence.h"
 #include "util/obuf.h"
 
-#define PROTO_VERSION 1
-#define PROTO_ID_MAX  64 /* bytes of a string request id */
+#define PROTO_VERSION      1
+#define PROTO_ID_MAX       64   /* bytes of a string request id */
+#define PROTO_CHANNEL_MAX  200  /* bytes of a channel name */
+#define PROTO_METADATA_MAX 2048 /* bytes of a member's metadata object, as re-encoded */
+#define PROTO_CURSOR_MAX   512  /* bytes of a cursor payload, as re-encoded */
+#define PROTO_PAGE_MAX     1000 /* members per channel_members page */
+#define PROTO_PAGE_DEFAULT 100
 
 #define PROTO_TYPE_MAP(XX)                                                                         \
     XX(PING, "ping")                                                                               \
@@ -33,7 +38,14 @@
     XX(ACTIVITY, "activity")                                                                       \
     XX(SUBSCRIBE, "subscribe")                                                                     \
     XX(UNSUBSCRIBE, "unsubscribe")                                                                 \
-    XX(GET_PRESENCE, "get_presence")
+    XX(GET_PRESENCE, "get_presence")                                                               \
+    XX(JOIN, "join")                                                                               \
+    XX(LEAVE, "leave")                                                                             \
+    XX(UPDATE, "update")                                                                           \
+    XX(CURSOR, "cursor")                                                                           \
+    XX(TYPING, "typing")                                                                           \
+    XX(CHANNEL_MEMBERS, "channel_members")                                                         \
+    XX(CHANNEL_COUNT, "channel_count")
 
 enum proto_type {
 #define PROTO_TYPE_ENUM(name, str) PROTO_##name,
@@ -59,6 +71,11 @@ enum proto_type {
     XX(SUBSCRIPTION_LIMIT, "subscription_limit", "more watched users than a connection may have")  \
     XX(SESSION_LIMIT, "session_limit", "the user has too many live sessions")                      \
     XX(NOT_PRESENT, "not_present", "the connection has not announced presence (set_online)")       \
+    XX(BAD_CHANNEL, "bad_channel", "a channel name empty, too long or with other bytes")           \
+    XX(NOT_MEMBER, "not_member", "the connection is not in the channel")                           \
+    XX(ROOM_LIMIT, "room_limit", "the connection is in as many channels as allowed")               \
+    XX(ROOM_FULL, "room_full", "the channel has as many members as allowed")                       \
+    XX(FORBIDDEN, "forbidden", "the connection's token does not allow this channel")               \
     XX(INTERNAL, "internal", "the server could not complete the request")
 
 enum proto_error_code {
@@ -95,7 +112,13 @@ typedef struct proto_msg {
     double custom_status_expires_in; /* seconds, 0 = none */
     pd_str_t *ids;                   /* subscribe, unsubscribe, get_presence: the user ids */
     uint32_t nids;
-    void *root; /* the parsed tree (cJSON); strings above point into it */
+    pd_str_t channel;  /* room messages */
+    pd_str_t metadata; /* join, update: compact JSON object text (owned); .s NULL if absent */
+    pd_str_t payload;  /* cursor: compact JSON text of the position (owned) */
+    pd_str_t after;    /* channel_members: the pagination cursor; .s NULL if absent */
+    uint32_t limit;    /* channel_members: page size */
+    int8_t typing;     /* typing: 0 or 1 */
+    void *root;        /* the parsed tree (cJSON); strings above point into it */
 } proto_msg_t;
 
 typedef struct proto_limits {
@@ -136,6 +159,38 @@ pd_obuf_t *proto_encode_ack(const proto_id_t *id);
 pd_obuf_t *proto_encode_pong(const proto_id_t *id);
 /* {"type":"error","id":..,"code":..,"message":..} */
 pd_obuf_t *proto_encode_error(const proto_id_t *id, int code, const char *message);
+/* True when name is a valid channel name: 1..PROTO_CHANNEL_MAX bytes of [A-Za-z0-9_:.@/-]. */
+bool proto_channel_valid(const char *name, size_t len);
+
+/* The JSON text of a member object (payload only, unsealed), for batching into deltas. */
+pd_obuf_t *proto_member_json(const pd_member_t *m);
+
+/* {"type":"channel_state","id":..,"channel":..,"mode":..,"count":N,"members":[...],
+ * "next_cursor":..|null} answering join. */
+pd_obuf_t *proto_encode_channel_state(const proto_id_t *id, pd_str_t channel, const char *mode,
+                                      const pd_member_t *ms, size_t n, uint32_t count,
+                                      pd_str_t next_cursor);
+/* {"type":"channel_members",...} answering channel_members: same fields but mode. */
+pd_obuf_t *proto_encode_channel_members(const proto_id_t *id, pd_str_t channel,
+                                        const pd_member_t *ms, size_t n, uint32_t count,
+                                        pd_str_t next_cursor);
+/* {"type":"channel_count","id":..,"channel":..,"count":N} */
+pd_obuf_t *proto_encode_channel_count(const proto_id_t *id, pd_str_t channel, uint32_t count);
+/* {"type":TYPE,"channel":..,"member":{...},"count":N}: member_joined, member_updated. */
+pd_obuf_t *proto_encode_member_event(const char *type, pd_str_t channel, const pd_member_t *m,
+                                     uint32_t count);
+/* {"type":"member_left","channel":..,"user_id":..,"reason":..,"count":N} */
+pd_obuf_t *proto_encode_member_left(pd_str_t channel, pd_str_t user, const char *reason,
+                                    uint32_t count);
+/* {"type":"channel_delta","channel":..,"joined":[members],"left":[ids],"updated":[members],
+ * "count":N}; members given as JSON texts (proto_member_json). */
+pd_obuf_t *proto_encode_channel_delta(pd_str_t channel, const pd_str_t *joined, size_t njoined,
+                                      const pd_str_t *left, size_t nleft, const pd_str_t *updated,
+                                      size_t nupdated, uint32_t count);
+/* {"type":TYPE,"channel":..,"user_id":..,KEY:<json>}: cursor and typing relays. */
+pd_obuf_t *proto_encode_signal(const char *type, pd_str_t channel, pd_str_t user, const char *key,
+                               pd_str_t json);
+
 /* {"type":"welcome","protocol":1,"user_id":..,"session_id":..,"heartbeat_interval":ms,
  * "heartbeat_ttl":ms} sent once a connection opens. */
 pd_obuf_t *proto_encode_welcome(pd_str_t user_id, uint64_t session_id, uint32_t heartbeat_ttl_ms);

@@ -37,18 +37,6 @@ static inline uint64_t now_ms(const conn_t *c) {
     return uv_now(c->srv->loop);
 }
 
-/* Arms c's one timer for due (loop ms), rounded up to a wheel tick boundary.
- * Works around a bug in util/wheel.c: wheel_advance() visits the current, unfinished tick and
- * puts a timer of that tick whose due time is still a few ms ahead back into its slot for a
- * whole revolution (4096 x 10 ms), so a 1 s request timeout could fire after 42 s. A deadline
- * on a tick boundary is never ahead of the clock when its tick is visited; at most one tick
- * late. Harmless once wheel.c is fixed. */
-static void conn_arm(conn_t *c, uint64_t due) {
-    wheel_t *w = c->srv->wheel;
-    uint64_t tick = w->tick ? w->tick : 1;
-    wheel_schedule(w, &c->timer, (due + tick - 1) / tick * tick);
-}
-
 uint64_t conn_id(const conn_t *c) {
     return c->id;
 }
@@ -211,7 +199,7 @@ static void start_ws_close(conn_t *c, uint16_t code, const char *reason, enum co
     snprintf(key, sizeof(key), "%u", code);
     (*server__counter(c->srv, "presenced_ws_closes_sent_total", "Close frames sent, by close code",
                       "code", key))++;
-    conn_arm(c, now_ms(c) + c->srv->cfg.close_timeout_ms);
+    wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
 }
 
 void conn_close_ws(conn_t *c, uint16_t code, const char *reason) {
@@ -225,10 +213,12 @@ void server__close_for_shutdown(conn_t *c) {
         start_ws_close(c, s->shutdown_code, s->shutdown_reason, CONN_END_SHUTDOWN);
         break;
     case CONN_HTTP:
-        /* A request in flight is answered (with Connection: close); an idle one just goes. */
-        if ((c->http && http_reqparser_busy(c->http)) || c->awaiting)
-            c->close_after_flush = 1;
-        else
+        /* A request in flight is answered (with Connection: close); an idle one just goes.
+         * Nothing is flagged here: http_exchange_respond drops keep-alive while shutting down,
+         * which closes the connection after the answer. (Setting close_after_flush here made
+         * http_input ignore the rest of a request still arriving: it was never answered, only
+         * dropped at the shutdown timeout.) */
+        if (!((c->http && http_reqparser_busy(c->http)) || c->awaiting))
             conn_reap(c);
         break;
     default:
@@ -262,7 +252,7 @@ static void conn_after_drain(conn_t *c) {
             return;
         }
         c->state = CONN_LINGER;
-        conn_arm(c, now_ms(c) + c->srv->cfg.close_timeout_ms);
+        wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
     } else {
         /* RFC 6455 section 7.1.1: once the close handshake is done, the server closes TCP. */
         conn_reap(c);
@@ -467,7 +457,7 @@ static void http_fail(conn_t *c, int status, const char *extra_headers) {
               false);
     http_reqparser_free(c->http);
     c->http = NULL;
-    conn_arm(c, now_ms(c) + c->srv->cfg.close_timeout_ms);
+    wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
 }
 
 void http_exchange_respond(http_exchange_t *ex, int status, const char *content_type,
@@ -559,7 +549,7 @@ static void handle_upgrade(conn_t *c, const http_request_t *req) {
     ws_decoder_init(&c->dec, s->cfg.max_message);
     (*s->n.ws_upgrades)++;
     (*s->n.ws_open)++;
-    conn_arm(c, c->last_rx + s->cfg.ws_idle_timeout_ms);
+    wheel_schedule(s->wheel, &c->timer, c->last_rx + s->cfg.ws_idle_timeout_ms);
     if (s->ws.on_open)
         s->ws.on_open(s->ws.ctx, c, app);
 }
@@ -611,7 +601,7 @@ static size_t http_input(conn_t *c, uint8_t *data, size_t len) {
                 conn_reap(c);
                 return len;
             }
-            conn_arm(c, now_ms(c) + s->cfg.request_timeout_ms);
+            wheel_schedule(s->wheel, &c->timer, now_ms(c) + s->cfg.request_timeout_ms);
         }
         const http_request_t *req = NULL;
         int status = 0;
@@ -634,7 +624,7 @@ static size_t http_input(conn_t *c, uint8_t *data, size_t len) {
             http_reqparser_free(c->http);
             c->http = NULL;
             if (!c->close_after_flush)
-                conn_arm(c, now_ms(c) + s->cfg.keepalive_timeout_ms);
+                wheel_schedule(s->wheel, &c->timer, now_ms(c) + s->cfg.keepalive_timeout_ms);
         }
     }
     if (c->state == CONN_WS_OPEN) {
@@ -761,7 +751,7 @@ static size_t ws_input(conn_t *c, uint8_t *data, size_t len) {
                 }
                 c->state = CONN_WS_CLOSING;
                 c->close_after_flush = 1;
-                conn_arm(c, now_ms(c) + s->cfg.close_timeout_ms);
+                wheel_schedule(s->wheel, &c->timer, now_ms(c) + s->cfg.close_timeout_ms);
                 server__mark_pending(c);
             } else {
                 conn_reap(c); /* the answer to our close: handshake complete */
@@ -862,7 +852,7 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
             (*s->n.request_timeouts)++;
             http_fail(c, 408, NULL);
         } else if (c->awaiting || c->close_after_flush) {
-            conn_arm(c, now + s->cfg.close_timeout_ms);
+            wheel_schedule(s->wheel, t, now + s->cfg.close_timeout_ms);
         } else {
             conn_reap(c);
         }
@@ -870,7 +860,7 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
     case CONN_WS_OPEN: {
         uint64_t due = c->last_rx + s->cfg.ws_idle_timeout_ms;
         if (due > now) {
-            conn_arm(c, due); /* activity since arming: check again later */
+            wheel_schedule(s->wheel, t, due); /* activity since arming: check again later */
             break;
         }
         (*s->n.idle_timeouts)++;
@@ -913,6 +903,6 @@ void server__on_connection(uv_stream_t *listener, int status) {
     }
     uv_tcp_nodelay(&c->tcp, 1);
     c->state = CONN_HTTP;
-    conn_arm(c, uv_now(s->loop) + s->cfg.request_timeout_ms);
+    wheel_schedule(s->wheel, &c->timer, uv_now(s->loop) + s->cfg.request_timeout_ms);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }

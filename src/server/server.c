@@ -251,11 +251,17 @@ void server_shutdown(server_t *s, uint16_t close_code, const char *reason, void 
 }
 
 void server_close(server_t *s) {
+    /* A shutdown still waiting for connections (a second signal forces the exit) is over: its
+     * done callback must not run from the close callbacks below, or the caller would close
+     * these handles twice (libuv aborts on that). */
+    s->shutdown_done = NULL;
     uv_walk(s->loop, walk_force, s);
     if (!uv_is_closing((uv_handle_t *)&s->listener))
         uv_close((uv_handle_t *)&s->listener, NULL);
-    uv_close((uv_handle_t *)&s->flusher, NULL);
-    uv_close((uv_handle_t *)&s->shutdown_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&s->flusher))
+        uv_close((uv_handle_t *)&s->flusher, NULL);
+    if (!uv_is_closing((uv_handle_t *)&s->shutdown_timer))
+        uv_close((uv_handle_t *)&s->shutdown_timer, NULL);
 }
 
 void server_free(server_t *s) {

@@ -65,10 +65,56 @@ typedef void (*store_remove_cb)(void *arg, int err, bool lingering);
 /* Known users only, in the order asked, unknown ones left out. */
 typedef void (*store_bulk_cb)(void *arg, int err, const pd_presence_t *ps, size_t n);
 
-/* Where a store announces visible changes. */
+/* --- Rooms ---
+ * A room (channel, document) has members: users, each with one or more connections (on any
+ * node) in the room, a JSON metadata object, joined_at and last_seen. A member's connections
+ * leave as sessions do: at once (explicit leave, timeout) or, for the member's last
+ * connection, after a grace window (disconnect). Members are ordered by user id (bytewise)
+ * for pagination. */
+
+enum store_room_event_kind {
+    STORE_ROOM_JOINED,  /* member: a new member */
+    STORE_ROOM_LEFT,    /* user, reason: the member's last connection is gone */
+    STORE_ROOM_UPDATED, /* member: metadata or devices changed */
+    STORE_ROOM_SIGNAL   /* user, signal, payload: ephemeral (cursor, typing), never stored */
+};
+
+enum store_leave_reason { STORE_LEFT, STORE_LEFT_DISCONNECTED, STORE_LEFT_TIMEOUT };
+enum store_signal { STORE_SIGNAL_CURSOR, STORE_SIGNAL_TYPING };
+
+typedef struct store_room_event {
+    uint8_t kind;   /* enum store_room_event_kind */
+    uint8_t reason; /* LEFT: enum store_leave_reason */
+    uint8_t signal; /* SIGNAL: enum store_signal */
+    uint32_t count; /* members after the change (SIGNAL: unspecified) */
+    pd_str_t room;
+    pd_str_t user;             /* the member concerned */
+    const pd_member_t *member; /* JOINED, UPDATED */
+    pd_str_t payload;          /* SIGNAL: JSON text */
+} store_room_event_t;
+
+typedef struct store_room_conn {
+    uint64_t sid; /* the connection's session id, unique per node */
+    const char *device;
+    size_t device_len;
+} store_room_conn_t;
+
+/* join: me is the joiner's member view; fresh tells whether they just became a member. */
+typedef void (*store_join_cb)(void *arg, int err, const pd_member_t *me, bool fresh,
+                              uint32_t count);
+typedef void (*store_done_cb)(void *arg, int err);
+/* A page of members after a cursor; more tells whether another page follows. */
+typedef void (*store_members_cb)(void *arg, int err, const pd_member_t *ms, size_t n,
+                                 uint32_t count, bool more);
+typedef void (*store_count_cb)(void *arg, int err, uint32_t count);
+
+/* Where a store announces visible changes: presence to the engine, rooms to the rooms
+ * module, each with its own context. */
 typedef struct store_listener {
     void *ctx;
     void (*presence_changed)(void *ctx, const pd_presence_t *p);
+    void *room_ctx;
+    void (*room_event)(void *room_ctx, const store_room_event_t *ev);
 } store_listener_t;
 
 typedef struct store_ops {
@@ -92,6 +138,29 @@ typedef struct store_ops {
      * watch needs its unwatch. */
     int (*watch)(store_t *st, pd_str_t user);
     void (*unwatch)(store_t *st, pd_str_t user);
+
+    /* Adds connection c of user to room (metadata: a JSON object's text, or NULL to keep the
+     * member's, "{}" for a new one). A new connection of a member ends its lingering ones.
+     * PD_EFULL when the room has max_members members and user is not one of them. */
+    int (*room_join)(store_t *st, pd_str_t room, pd_str_t user, const store_room_conn_t *c,
+                     pd_str_t metadata, uint32_t max_members, store_join_cb cb, void *arg);
+    /* Removes connection sid of user from room as mode says (enum store_remove_mode); the
+     * member leaves with reason when it was their last connection. PD_ENOTFOUND (via the
+     * callback) when the connection is not in the room. */
+    int (*room_leave)(store_t *st, pd_str_t room, pd_str_t user, uint64_t sid, int mode, int reason,
+                      store_remove_cb cb, void *arg);
+    /* Replaces the member's metadata. PD_ENOTFOUND (via the callback) for a non-member. */
+    int (*room_update)(store_t *st, pd_str_t room, pd_str_t user, pd_str_t metadata,
+                       store_done_cb cb, void *arg);
+    /* Up to limit members with user ids after `after` (empty: from the start). */
+    int (*room_members)(store_t *st, pd_str_t room, pd_str_t after, uint32_t limit,
+                        store_members_cb cb, void *arg);
+    int (*room_count)(store_t *st, pd_str_t room, store_count_cb cb, void *arg);
+    /* Relays an ephemeral signal of user to every node watching the room. Not stored. */
+    int (*room_signal)(store_t *st, pd_str_t room, pd_str_t user, int signal, pd_str_t payload);
+    /* As watch/unwatch, for a room's events. */
+    int (*room_watch)(store_t *st, pd_str_t room);
+    void (*room_unwatch)(store_t *st, pd_str_t room);
     void (*destroy)(store_t *st);
 } store_ops_t;
 
@@ -100,8 +169,15 @@ struct store {
     store_listener_t listener;
 };
 
-static inline void store_set_listener(store_t *st, const store_listener_t *l) {
-    st->listener = *l;
+static inline void store_listen_presence(store_t *st, void *ctx,
+                                         void (*fn)(void *, const pd_presence_t *)) {
+    st->listener.ctx = ctx;
+    st->listener.presence_changed = fn;
+}
+static inline void store_listen_rooms(store_t *st, void *ctx,
+                                      void (*fn)(void *, const store_room_event_t *)) {
+    st->listener.room_ctx = ctx;
+    st->listener.room_event = fn;
 }
 static inline int store_session_upsert(store_t *st, pd_str_t user, const store_session_t *s,
                                        const store_user_fields_t *f, store_presence_cb cb,
@@ -125,6 +201,36 @@ static inline int store_watch(store_t *st, pd_str_t user) {
 }
 static inline void store_unwatch(store_t *st, pd_str_t user) {
     st->ops->unwatch(st, user);
+}
+static inline int store_room_join(store_t *st, pd_str_t room, pd_str_t user,
+                                  const store_room_conn_t *c, pd_str_t metadata,
+                                  uint32_t max_members, store_join_cb cb, void *arg) {
+    return st->ops->room_join(st, room, user, c, metadata, max_members, cb, arg);
+}
+static inline int store_room_leave(store_t *st, pd_str_t room, pd_str_t user, uint64_t sid,
+                                   int mode, int reason, store_remove_cb cb, void *arg) {
+    return st->ops->room_leave(st, room, user, sid, mode, reason, cb, arg);
+}
+static inline int store_room_update(store_t *st, pd_str_t room, pd_str_t user, pd_str_t metadata,
+                                    store_done_cb cb, void *arg) {
+    return st->ops->room_update(st, room, user, metadata, cb, arg);
+}
+static inline int store_room_members(store_t *st, pd_str_t room, pd_str_t after, uint32_t limit,
+                                     store_members_cb cb, void *arg) {
+    return st->ops->room_members(st, room, after, limit, cb, arg);
+}
+static inline int store_room_count(store_t *st, pd_str_t room, store_count_cb cb, void *arg) {
+    return st->ops->room_count(st, room, cb, arg);
+}
+static inline int store_room_signal(store_t *st, pd_str_t room, pd_str_t user, int signal,
+                                    pd_str_t payload) {
+    return st->ops->room_signal(st, room, user, signal, payload);
+}
+static inline int store_room_watch(store_t *st, pd_str_t room) {
+    return st->ops->room_watch(st, room);
+}
+static inline void store_room_unwatch(store_t *st, pd_str_t room) {
+    st->ops->room_unwatch(st, room);
 }
 static inline void store_destroy(store_t *st) {
     if (st)

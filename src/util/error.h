@@ -22,7 +22,8 @@
     XX(EPERM, -12, "not permitted")                                                                \
     XX(ETIMEDOUT, -13, "timed out")                                                                \
     XX(EAUTH, -14, "authentication failed")                                                        \
-    XX(EUNAVAIL, -15, "service unavailable")
+    XX(EUNAVAIL, -15, "service unavailable")                                                       \
+    XX(EFULL, -16, "full")
 
 typedef enum {
 #define PD_ERR_ENUM(name, val, msg) PD_##name = (val),

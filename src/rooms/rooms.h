@@ -1,0 +1,100 @@
+/* Rooms (channels, documents): who is here, with what metadata, and their live cursors, as
+ * ARCHITECTURE.md section 2 ("Rooms") lays out.
+ *
+ * Membership lives behind the store (one member per user however many connections it has in
+ * the room; the last connection's disconnect leaves after the grace window). This module
+ * keeps what concerns this node: which local connections are in which room, the throttle of
+ * their cursor and typing signals (at most cursor_hz per connection, latest value wins), and
+ * how events reach them: one event per change while a room is small, and above
+ * announce_max members one channel_delta per interval (back below 80% of it, events again).
+ *
+ * Memory: 88 bytes per (connection, room) link; per room with local members 80 bytes + name.
+ */
+#ifndef PD_ROOMS_H
+#define PD_ROOMS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "log.h"
+#include "metrics.h"
+#include "store/store.h"
+#include "util/clock.h"
+#include "util/hashmap.h"
+#include "util/wheel.h"
+
+typedef struct rooms rooms_t;
+
+typedef struct rooms_config {
+    uint32_t announce_max;     /* members above which a room batches its events */
+    uint32_t interval_ms;      /* the batching interval */
+    uint32_t cursor_hz;        /* signals per second per connection and room */
+    uint32_t max_per_conn;     /* rooms one connection may be in */
+    uint32_t max_members;      /* members one room may have */
+    uint32_t offline_grace_ms; /* a disconnected member's last connection lingers this long */
+    uint32_t state_members;    /* members in the channel_state answering a join */
+} rooms_config_t;
+
+void rooms_config_default(rooms_config_t *cfg);
+
+/* How events are encoded (provided by the protocol layer). */
+typedef struct rooms_codec {
+    pd_obuf_t *(*member_event)(const char *type, pd_str_t channel, const pd_member_t *m,
+                               uint32_t count);
+    pd_obuf_t *(*member_left)(pd_str_t channel, pd_str_t user, const char *reason, uint32_t count);
+    pd_obuf_t *(*member_json)(const pd_member_t *m);
+    pd_obuf_t *(*delta)(pd_str_t channel, const pd_str_t *joined, size_t njoined,
+                        const pd_str_t *left, size_t nleft, const pd_str_t *updated,
+                        size_t nupdated, uint32_t count);
+    pd_obuf_t *(*signal)(const char *type, pd_str_t channel, pd_str_t user, const char *key,
+                         pd_str_t json);
+} rooms_codec_t;
+
+/* New rooms module on engine and store. Borrows everything until rooms_free; chains itself to
+ * the store's listener for room events (presence events still reach the engine). */
+rooms_t *rooms_new(const rooms_config_t *cfg, engine_t *engine, store_t *store, wheel_t *wheel,
+                   const pd_clock_t *clock, const pd_hashkey_t *key, const rooms_codec_t *codec,
+                   pd_log_t *log, pd_metrics_t *metrics);
+void rooms_free(rooms_t *r);
+
+/* The state answering a join: the room's mode ("announce" or "interval"), its first members
+ * (up to state_members, by user id), its member count, and whether more members follow. */
+typedef void (*rooms_state_cb)(void *arg, int err, const char *mode, const pd_member_t *ms,
+                               size_t n, uint32_t count, bool more);
+typedef void (*rooms_members_cb)(void *arg, int err, const pd_member_t *ms, size_t n,
+                                 uint32_t count, bool more);
+typedef void (*rooms_count_cb)(void *arg, int err, uint32_t count);
+
+/* Joins (or re-joins, replacing metadata when given) the session's connection to channel.
+ * PD_ELIMIT when the connection is in max_per_conn rooms; PD_EFULL (returned, or through the
+ * callback) when the room has max_members members. */
+int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, rooms_state_cb cb,
+               void *arg);
+
+/* Leaves; PD_ENOTFOUND when the connection is not in channel. */
+int rooms_leave(rooms_t *r, session_t *s, pd_str_t channel, engine_done_cb done, void *arg);
+
+/* Replaces the member's metadata; PD_ENOTFOUND when not in channel. */
+int rooms_update(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, engine_done_cb done,
+                 void *arg);
+
+/* Relays a cursor (payload: JSON text) or typing signal to the other members, throttled.
+ * PD_ENOTFOUND when the connection is not in channel. */
+int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_t payload);
+
+int rooms_members(rooms_t *r, pd_str_t channel, pd_str_t after, uint32_t limit, rooms_members_cb cb,
+                  void *arg);
+int rooms_count(rooms_t *r, pd_str_t channel, rooms_count_cb cb, void *arg);
+
+/* The session's connection is gone: it leaves its rooms (after the grace window unless how
+ * is ENGINE_END_TIMEOUT). Call before engine_session_close. */
+void rooms_session_close(rooms_t *r, session_t *s, int how);
+
+/* Ends every lingering room connection now (shutdown). */
+void rooms_flush_lingering(rooms_t *r);
+
+/* Rooms with local connections, and (connection, room) links. */
+uint64_t rooms_local_count(const rooms_t *r);
+
+#endif

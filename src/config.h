@@ -35,6 +35,13 @@ typedef struct pd_config {
     uint32_t cursor_hz;
     uint32_t max_rooms_per_connection;
     uint32_t max_room_members;
+    uint32_t max_contacts;
+    char token_secret_file[1024];
+    char token_public_key[1024];
+    char token_issuer[256];
+    char token_audience[256];
+    char data_dir[1024];
+    bool ephemeral;
     char log_level[16];
     char log_format[16];
     bool dev_auth;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "auth/token.h"
 #include "config.h"
 #include "dispatch/dispatch.h"
 #include "engine/engine.h"
@@ -15,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server/server.h"
+#include "store/persist.h"
 #include "store/store_local.h"
 #include "util/clock.h"
 #include "util/hashmap.h"
@@ -39,6 +41,8 @@ struct app {
     http_router_t router;
     pd_hashkey_t hashkey;
     pd_clock_t clock;
+    auth_config_t auth;
+    persist_t *persist;
     store_t *store;
     engine_t *engine;
     rooms_t *rooms;
@@ -113,6 +117,33 @@ static void on_signal(uv_signal_t *h, int signum) {
     server_shutdown(a->server, WS_CLOSE_GOING_AWAY, "server shutting down", on_shutdown_done, a);
 }
 
+/* Loads the token key named by the flags. 0, or -1 after printing why. */
+static int setup_auth(struct app *a) {
+    const pd_config_t *c = &a->cfg;
+    if (c->token_secret_file[0] && c->token_public_key[0]) {
+        fprintf(stderr, "presenced: give --token-secret-file or --token-public-key, not both\n");
+        return -1;
+    }
+    if (c->token_secret_file[0] && auth_load_secret(&a->auth, c->token_secret_file, stderr))
+        return -1;
+    if (c->token_public_key[0] && auth_load_public_key(&a->auth, c->token_public_key, stderr))
+        return -1;
+    if ((c->token_issuer[0] || c->token_audience[0]) && a->auth.alg == AUTH_ALG_NONE) {
+        fprintf(stderr, "presenced: --token-issuer and --token-audience need a token key\n");
+        return -1;
+    }
+    snprintf(a->auth.issuer, sizeof(a->auth.issuer), "%s", c->token_issuer);
+    snprintf(a->auth.audience, sizeof(a->auth.audience), "%s", c->token_audience);
+    if (a->auth.alg != AUTH_ALG_NONE)
+        PD_INFO(&a->log, "main", "tokens: %s%s%s%s%s",
+                a->auth.alg == AUTH_ALG_HS256   ? "HS256"
+                : a->auth.alg == AUTH_ALG_RS256 ? "RS256"
+                                                : "ES256",
+                a->auth.issuer[0] ? ", issuer " : "", a->auth.issuer,
+                a->auth.audience[0] ? ", audience " : "", a->auth.audience);
+    return 0;
+}
+
 static int build_server_config(struct app *a, server_config_t *sc) {
     server_config_default(sc);
     if (pd_config_parse_addr(a->cfg.listen, &sc->listen_addr))
@@ -173,17 +204,43 @@ int main(int argc, char **argv) {
     }
     pd_hashkey_generate(&a->hashkey);
     a->clock = (pd_clock_t){.mono_ms = clock_mono, .wall = clock_wall, .ctx = a->loop};
+    if (setup_auth(a) != 0) {
+        exit_code = 2;
+        goto out;
+    }
     a->store = store_local_new(&a->hashkey, &a->wheel, &a->clock);
+    if (a->store && !a->cfg.ephemeral) {
+        char err[512];
+        if (persist_open(a->cfg.data_dir, &a->log, &a->persist, err, sizeof(err)) != 0) {
+            PD_ERROR(&a->log, "main", "refusing to start: %s", err);
+            goto out;
+        }
+        if (store_local_load(a->store, a->persist, &a->log) != 0) {
+            PD_ERROR(&a->log, "main",
+                     "refusing to start: the database in '%s' could not be "
+                     "loaded (see above)",
+                     a->cfg.data_dir);
+            goto out;
+        }
+        PD_INFO(&a->log, "main", "settings are kept in %s/presenced.db", a->cfg.data_dir);
+    } else if (a->store) {
+        PD_WARN(&a->log, "main",
+                "--ephemeral: settings, contacts and last_seen are kept in "
+                "memory only and lost at exit");
+    }
     engine_config_t ec;
     engine_config_default(&ec);
     ec.heartbeat_ttl_ms = a->cfg.heartbeat_ttl;
     ec.offline_grace_ms = a->cfg.offline_grace;
     ec.away_after_ms = a->cfg.away_after;
     ec.max_subscriptions = a->cfg.max_subscriptions;
+    ec.max_contacts = a->cfg.max_contacts;
     if (a->store)
         a->engine = engine_new(&ec, a->store, &a->wheel, &a->clock, &a->hashkey,
                                &dispatch_client_ops, &dispatch_codec, &a->log, a->metrics);
     dispatch_config_t dc = {.dev_auth = a->cfg.dev_auth,
+                            .auth = &a->auth,
+                            .wheel = &a->wheel,
                             .heartbeat_ttl_ms = a->cfg.heartbeat_ttl,
                             .max_ids = a->cfg.max_ids};
     rooms_config_t rc;
@@ -207,10 +264,10 @@ int main(int argc, char **argv) {
         PD_WARN(&a->log, "main",
                 "DEVELOPMENT AUTH IS ON: anyone can connect as any user with ?user=ID. "
                 "Never use --dev-auth in production.");
-    else
+    else if (a->auth.alg == AUTH_ALG_NONE)
         PD_WARN(&a->log, "main",
-                "no authentication is configured: every WebSocket upgrade "
-                "will be refused (401); use --dev-auth for development");
+                "no authentication is configured: every WebSocket upgrade will be refused "
+                "(401); use --token-secret-file or --token-public-key (or --dev-auth to try it)");
     server_ws_handlers_t wsh;
     dispatch_ws_handlers(a->dispatch, &wsh);
 
@@ -251,6 +308,8 @@ out:
     rooms_free(a->rooms);
     engine_free(a->engine);
     store_destroy(a->store);
+    persist_close(a->persist);
+    auth_config_free(&a->auth);
     wheel_destroy(&a->wheel);
     pd_metrics_free(a->metrics);
     uv_loop_close(a->loop);

@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,13 +114,14 @@ int pd_metrics_gauge_fn(pd_metrics_t *m, const char *name, const char *help, con
     return 0;
 }
 
-/* Label values are escaped as the exposition format requires: backslash, quote, newline. */
-static int append_label_value(pd_obuf_t **b, const char *v) {
+/* Escapes as the exposition format requires: backslash and newline, and in label values
+ * (quote true) the double quote too. */
+static int append_escaped(pd_obuf_t **b, const char *v, bool quote) {
     for (; *v; v++) {
         const char *esc = NULL;
         if (*v == '\\')
             esc = "\\\\";
-        else if (*v == '"')
+        else if (*v == '"' && quote)
             esc = "\\\"";
         else if (*v == '\n')
             esc = "\\n";
@@ -129,32 +132,47 @@ static int append_label_value(pd_obuf_t **b, const char *v) {
     return 0;
 }
 
+static int append_str(pd_obuf_t **b, const char *s) {
+    return pd_obuf_append(b, s, strlen(s));
+}
+
 pd_obuf_t *pd_metrics_render(const pd_metrics_t *m) {
     pd_obuf_t *b = pd_obuf_new(16384);
     if (!b)
         return NULL;
-    char line[512];
+    /* Names, help and label names are appended piece by piece: they have no length limit, so
+     * they must not go through a fixed-size line buffer. Only numbers are formatted there. */
+    char num[64];
     for (const struct family *f = m->first; f; f = f->next) {
-        int n = snprintf(line, sizeof(line), "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help,
-                         f->name, f->kind == KIND_COUNTER ? "counter" : "gauge");
-        if (pd_obuf_append(&b, line, (size_t)n))
+        if (append_str(&b, "# HELP ") || append_str(&b, f->name) || append_str(&b, " ") ||
+            append_escaped(&b, f->help, false) || append_str(&b, "\n# TYPE ") ||
+            append_str(&b, f->name) ||
+            append_str(&b, f->kind == KIND_COUNTER ? " counter\n" : " gauge\n"))
             goto err_free;
         for (const struct series *s = f->first; s; s = s->next) {
-            if (pd_obuf_append(&b, f->name, strlen(f->name)))
+            if (append_str(&b, f->name))
                 goto err_free;
             if (s->label_value) {
-                n = snprintf(line, sizeof(line), "{%s=\"", f->label_name);
-                if (pd_obuf_append(&b, line, (size_t)n) || append_label_value(&b, s->label_value) ||
-                    pd_obuf_append(&b, "\"}", 2))
+                if (append_str(&b, "{") || append_str(&b, f->label_name) || append_str(&b, "=\"") ||
+                    append_escaped(&b, s->label_value, true) || append_str(&b, "\"}"))
                     goto err_free;
             }
-            if (s->fn)
-                n = snprintf(line, sizeof(line), " %.17g\n", s->fn(s->ctx));
-            else if (f->kind == KIND_COUNTER)
-                n = snprintf(line, sizeof(line), " %llu\n", (unsigned long long)s->v.counter);
-            else
-                n = snprintf(line, sizeof(line), " %lld\n", (long long)s->v.gauge);
-            if (pd_obuf_append(&b, line, (size_t)n))
+            int n;
+            if (s->fn) {
+                double v = s->fn(s->ctx);
+                /* The format spells these NaN, +Inf and -Inf; printf would say nan, inf. */
+                if (isnan(v))
+                    n = snprintf(num, sizeof(num), " NaN\n");
+                else if (isinf(v))
+                    n = snprintf(num, sizeof(num), v > 0 ? " +Inf\n" : " -Inf\n");
+                else
+                    n = snprintf(num, sizeof(num), " %.17g\n", v);
+            } else if (f->kind == KIND_COUNTER) {
+                n = snprintf(num, sizeof(num), " %llu\n", (unsigned long long)s->v.counter);
+            } else {
+                n = snprintf(num, sizeof(num), " %lld\n", (long long)s->v.gauge);
+            }
+            if (pd_obuf_append(&b, num, (size_t)n))
                 goto err_free;
         }
     }

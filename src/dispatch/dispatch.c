@@ -3,16 +3,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http/request.h"
+#include "privacy/privacy.h"
 #include "proto/proto.h"
 #include "util/error.h"
 #include "ws/frame.h"
 
+#define CLOSE_TOKEN_EXPIRED 4001
+#define AUTH_LOG_PER_SEC    10 /* refused upgrades logged per second; the rest only counted */
+
 struct dispatch_counters {
     uint64_t *in[PROTO_TYPE_COUNT];
     uint64_t *errors[PROTO_E_COUNT];
-    uint64_t *auth_refused;
+    uint64_t *token_expiries;
 };
 
 struct dispatch {
@@ -21,8 +26,22 @@ struct dispatch {
     rooms_t *rooms;
     pd_clock_t clock;
     pd_log_t *log;
+    pd_metrics_t *metrics;
     proto_limits_t lim;
+    uint64_t auth_log_second; /* rate limit of auth failure lines */
+    uint32_t auth_log_count, auth_log_dropped;
     struct dispatch_counters n;
+};
+
+/* What the dispatcher keeps per connection: its session and what its token allows. */
+struct dconn {
+    session_t *s;
+    conn_t *c;
+    dispatch_t *d;
+    wheel_timer_t expiry; /* the token's exp: closes the connection with 4001 */
+    double exp;           /* epoch seconds; 0 without a token */
+    char **channels;      /* the token's channels patterns; NULL: any channel */
+    uint32_t nchannels;
 };
 
 /* An answer owed to a request whose engine call may complete later. */
@@ -112,7 +131,9 @@ static struct reply *reply_new(dispatch_t *d, conn_t *c, const proto_msg_t *m) {
 
 static void engine_error(dispatch_t *d, conn_t *c, const proto_id_t *id, int type, int err) {
     char msg[128];
-    if (err == PD_ENOTFOUND) {
+    if (err == PD_ELIMIT && (type == PROTO_ADD_CONTACT || type == PROTO_BLOCK)) {
+        send_error(d, c, id, PROTO_E_LIST_FULL, "the list holds as many users as allowed");
+    } else if (err == PD_ENOTFOUND) {
         send_error(d, c, id, PROTO_E_NOT_MEMBER, "the connection has not joined this channel");
     } else if (err == PD_EFULL) {
         send_error(d, c, id, PROTO_E_ROOM_FULL, "the channel has as many members as allowed");
@@ -196,6 +217,114 @@ static void on_count(void *arg, int err, uint32_t count) {
     else
         send_frame(r->c, proto_encode_channel_count(&r->id, reply_channel(r), count));
     free(r);
+}
+
+static void on_privacy(void *arg, int err, const store_privacy_t *p) {
+    struct reply *r = arg;
+    if (err == PD_ECLOSED) {
+    } else if (err) {
+        engine_error(r->d, r->c, &r->id, r->type, err);
+    } else {
+        send_frame(r->c, proto_encode_privacy(&r->id, privacy_visibility_name(p->visibility),
+                                              p->contacts, p->ncontacts, p->blocked, p->nblocked));
+    }
+    free(r);
+}
+
+static bool channel_allowed(const struct dconn *dc, pd_str_t channel) {
+    auth_claims_t view = {.channels = dc->channels, .nchannels = dc->nchannels};
+    return auth_channel_allowed(&view, channel.s, channel.len);
+}
+
+/* Privacy requests: the connection's user manages their own settings. */
+static void do_privacy(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
+    pd_str_t me = engine_session_user(s);
+    if (m->user_id.s && m->user_id.len == me.len && memcmp(m->user_id.s, me.s, me.len) == 0) {
+        send_error(d, c, &m->id, PROTO_E_BAD_USER_ID,
+                   "a user cannot be their own contact or block themselves");
+        return;
+    }
+    struct reply *r = reply_new(d, c, m);
+    if (!r) {
+        send_error(d, c, &m->id, PROTO_E_INTERNAL, "out of memory");
+        return;
+    }
+    int rc;
+    switch (m->type) {
+    case PROTO_GET_PRIVACY:
+        rc = engine_privacy_get(s, on_privacy, r);
+        break;
+    case PROTO_SET_VISIBILITY:
+        rc = engine_privacy_change(s, STORE_PRIV_VISIBILITY, (uint8_t)m->visibility, (pd_str_t){0},
+                                   on_done, r);
+        break;
+    default: {
+        int op = m->type == PROTO_ADD_CONTACT      ? STORE_PRIV_ADD_CONTACT
+                 : m->type == PROTO_REMOVE_CONTACT ? STORE_PRIV_REMOVE_CONTACT
+                 : m->type == PROTO_BLOCK          ? STORE_PRIV_BLOCK
+                                                   : STORE_PRIV_UNBLOCK;
+        rc = engine_privacy_change(s, op, 0, m->user_id, on_done, r);
+    }
+    }
+    if (rc) {
+        engine_error(d, c, &m->id, m->type, rc);
+        free(r);
+    }
+}
+
+/* --- Tokens --- */
+
+static void expiry_fire(wheel_timer_t *t, uint64_t now);
+
+static void arm_expiry(struct dconn *dc) {
+    dispatch_t *d = dc->d;
+    double in = dc->exp - pd_clock_wall(&d->clock);
+    uint64_t now = pd_clock_ms(&d->clock);
+    wheel_schedule(d->cfg.wheel, &dc->expiry, in > 0 ? now + (uint64_t)(in * 1000.0) : now);
+}
+
+static void expiry_fire(wheel_timer_t *t, uint64_t now) {
+    (void)now;
+    struct dconn *dc = (struct dconn *)((char *)t - offsetof(struct dconn, expiry));
+    if (dc->exp > pd_clock_wall(&dc->d->clock)) {
+        arm_expiry(dc); /* refreshed since */
+        return;
+    }
+    (*dc->d->n.token_expiries)++;
+    conn_close_ws(dc->c, CLOSE_TOKEN_EXPIRED, "token expired");
+}
+
+/* The connection now runs on claims cl (taken over). */
+static void take_claims(struct dconn *dc, auth_claims_t *cl) {
+    auth_claims_t old = {.channels = dc->channels, .nchannels = dc->nchannels};
+    auth_claims_free(&old);
+    dc->channels = cl->channels;
+    dc->nchannels = cl->nchannels;
+    dc->exp = cl->exp;
+    cl->channels = NULL;
+    cl->nchannels = 0;
+    arm_expiry(dc);
+}
+
+static void do_refresh(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
+    auth_claims_t cl;
+    const char *why = "tokens_disabled";
+    char msg[96];
+    if (!d->cfg.auth ||
+        auth_verify(d->cfg.auth, m->token.s, m->token.len, pd_clock_wall(&d->clock), &cl, &why)) {
+        snprintf(msg, sizeof(msg), "the token was refused (%s)", why);
+        send_error(d, dc->c, &m->id, PROTO_E_BAD_TOKEN, msg);
+        return;
+    }
+    pd_str_t me = engine_session_user(dc->s);
+    if (cl.sub_len != me.len || memcmp(cl.sub, me.s, me.len) != 0) {
+        auth_claims_free(&cl);
+        send_error(d, dc->c, &m->id, PROTO_E_WRONG_USER,
+                   "the token is for another user than the connection's");
+        return;
+    }
+    take_claims(dc, &cl);
+    send_ack(dc->c, &m->id);
 }
 
 /* Room requests; each either completes through a callback that frees r, or fails here. */
@@ -287,7 +416,9 @@ static void do_ids(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m)
     }
 }
 
-static void handle(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
+static void handle(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
+    conn_t *c = dc->c;
+    session_t *s = dc->s;
     switch (m->type) {
     case PROTO_PING:
         send_frame(c, proto_encode_pong(&m->id));
@@ -322,61 +453,136 @@ static void handle(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m)
         send_ack(c, &m->id);
         break;
     case PROTO_JOIN:
+    case PROTO_CHANNEL_MEMBERS:
+    case PROTO_CHANNEL_COUNT:
+        /* The token's channels claim decides which rooms a connection may join or see. */
+        if (!channel_allowed(dc, m->channel)) {
+            send_error(d, c, &m->id, PROTO_E_FORBIDDEN,
+                       "the connection's token does not allow this channel");
+            break;
+        }
+        do_room(d, c, s, m);
+        break;
     case PROTO_LEAVE:
     case PROTO_UPDATE:
     case PROTO_CURSOR:
     case PROTO_TYPING:
-    case PROTO_CHANNEL_MEMBERS:
-    case PROTO_CHANNEL_COUNT:
         do_room(d, c, s, m);
+        break;
+    case PROTO_SET_VISIBILITY:
+    case PROTO_ADD_CONTACT:
+    case PROTO_REMOVE_CONTACT:
+    case PROTO_BLOCK:
+    case PROTO_UNBLOCK:
+    case PROTO_GET_PRIVACY:
+        do_privacy(d, c, s, m);
+        break;
+    case PROTO_REFRESH:
+        do_refresh(d, dc, m);
         break;
     }
 }
 
 /* --- Connection callbacks --- */
 
+/* Counts a refused upgrade by reason and logs it, at most AUTH_LOG_PER_SEC lines a second
+ * (a flood of bad tokens must not flood the log). The client only ever sees 401. */
+static int refuse(dispatch_t *d, conn_t *c, const char *reason) {
+    if (d->metrics) {
+        uint64_t *n = pd_metrics_counter(d->metrics, "presenced_auth_failures_total",
+                                         "WebSocket upgrades refused for identity, by reason",
+                                         "reason", reason);
+        if (n)
+            (*n)++;
+    }
+    uint64_t second = pd_clock_ms(&d->clock) / 1000;
+    if (second != d->auth_log_second) {
+        if (d->auth_log_dropped)
+            PD_INFO(d->log, "auth", "%u more refused upgrades not logged", d->auth_log_dropped);
+        d->auth_log_second = second;
+        d->auth_log_count = d->auth_log_dropped = 0;
+    }
+    if (d->auth_log_count++ < AUTH_LOG_PER_SEC) {
+        char peer[64];
+        PD_INFO(d->log, "auth", "conn %llu (%s): upgrade refused: %s",
+                (unsigned long long)conn_id(c), conn_peer(c, peer, sizeof(peer)), reason);
+    } else {
+        d->auth_log_dropped++;
+    }
+    return 401;
+}
+
+/* Identity comes from the connection: a token (Authorization: Bearer, or ?token= for
+ * browsers, which cannot set headers on a WebSocket), or in development ?user=. */
 static int on_upgrade(void *ctx, conn_t *c, const http_request_t *req, void **app) {
     dispatch_t *d = ctx;
-    char user[PD_USER_ID_MAX + 1];
-    char peer[64];
-    if (!d->cfg.dev_auth) {
-        (*d->n.auth_refused)++;
-        PD_INFO(d->log, "auth", "conn %llu (%s): refused: no authentication is configured",
-                (unsigned long long)conn_id(c), conn_peer(c, peer, sizeof(peer)));
-        return 401;
+    char buf[AUTH_TOKEN_MAX + 1];
+    const char *token = NULL;
+    size_t tlen = 0;
+    const http_header_t *h = http_request_header(req, "Authorization");
+    if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0) {
+        token = h->value + 7;
+        tlen = h->value_len - 7;
+    } else {
+        int n = http_query_get(req->query, req->query_len, "token", buf, sizeof(buf));
+        if (n == PD_ETOOBIG)
+            return refuse(d, c, "too_large");
+        if (n > 0) {
+            token = buf;
+            tlen = (size_t)n;
+        }
     }
-    int n = http_query_get(req->query, req->query_len, "user", user, sizeof(user));
-    if (n < 0 || !pd_user_id_valid(user, (size_t)n)) {
-        (*d->n.auth_refused)++;
-        PD_INFO(d->log, "auth", "conn %llu (%s): refused: %s", (unsigned long long)conn_id(c),
-                conn_peer(c, peer, sizeof(peer)),
-                n == PD_ENOTFOUND ? "no ?user= (dev auth)" : "invalid ?user= (dev auth)");
-        return 401;
+    auth_claims_t cl = {0};
+    pd_str_t user;
+    char dev_user[PD_USER_ID_MAX + 1];
+    if (token) {
+        const char *why = "tokens_disabled";
+        if (!d->cfg.auth ||
+            auth_verify(d->cfg.auth, token, tlen, pd_clock_wall(&d->clock), &cl, &why) != 0)
+            return refuse(d, c, why);
+        user = (pd_str_t){cl.sub, cl.sub_len};
+    } else if (d->cfg.dev_auth) {
+        int n = http_query_get(req->query, req->query_len, "user", dev_user, sizeof(dev_user));
+        if (n < 0 || !pd_user_id_valid(dev_user, (size_t)n))
+            return refuse(d, c, n == PD_ENOTFOUND ? "no_credentials" : "bad_dev_user");
+        user = (pd_str_t){dev_user, (size_t)n};
+    } else {
+        return refuse(d, c, "no_credentials");
     }
-    session_t *s = engine_session_open(d->engine, c, (pd_str_t){user, (size_t)n});
-    if (!s)
+    struct dconn *dc = calloc(1, sizeof(*dc));
+    session_t *s = dc ? engine_session_open(d->engine, c, user) : NULL;
+    if (!s) {
+        free(dc);
+        auth_claims_free(&cl);
         return 503;
-    *app = s;
+    }
+    dc->s = s;
+    dc->c = c;
+    dc->d = d;
+    wheel_timer_init(&dc->expiry, expiry_fire);
+    if (token)
+        take_claims(dc, &cl);
+    *app = dc;
     return 0;
 }
 
 static void on_open(void *ctx, conn_t *c, void *app) {
     dispatch_t *d = ctx;
-    session_t *s = app;
-    send_frame(c, proto_encode_welcome(engine_session_user(s), engine_session_id(s),
+    struct dconn *dc = app;
+    send_frame(c, proto_encode_welcome(engine_session_user(dc->s), engine_session_id(dc->s),
                                        d->cfg.heartbeat_ttl_ms));
 }
 
 static void on_message(void *ctx, conn_t *c, void *app, uint8_t *data, size_t len) {
     dispatch_t *d = ctx;
-    session_t *s = app;
+    struct dconn *dc = app;
     /* The hot path: a canonical heartbeat of a present session is liveness only, which the
      * connection has already counted. */
     size_t dev_len = 0;
-    const char *dev = engine_session_device(s, &dev_len);
+    const char *dev = engine_session_device(dc->s, &dev_len);
     if (proto_is_canonical_heartbeat(data, len, dev, dev_len)) {
         (*d->n.in[PROTO_HEARTBEAT])++;
-        engine_heartbeat(s, (pd_str_t){0});
+        engine_heartbeat(dc->s, (pd_str_t){0});
         return;
     }
     proto_msg_t m;
@@ -386,16 +592,21 @@ static void on_message(void *ctx, conn_t *c, void *app, uint8_t *data, size_t le
         return;
     }
     (*d->n.in[m.type])++;
-    handle(d, c, s, &m);
+    handle(d, dc, &m);
     proto_msg_free(&m);
 }
 
 static void on_close(void *ctx, conn_t *c, void *app, enum conn_end why) {
     dispatch_t *d = ctx;
+    struct dconn *dc = app;
     (void)c;
     int how = why == CONN_END_TIMEOUT ? ENGINE_END_TIMEOUT : ENGINE_END_DISCONNECT;
-    rooms_session_close(d->rooms, app, how);
-    engine_session_close(app, how);
+    rooms_session_close(d->rooms, dc->s, how);
+    engine_session_close(dc->s, how);
+    wheel_cancel(d->cfg.wheel, &dc->expiry);
+    auth_claims_t old = {.channels = dc->channels, .nchannels = dc->nchannels};
+    auth_claims_free(&old);
+    free(dc);
 }
 
 void dispatch_ws_handlers(dispatch_t *d, server_ws_handlers_t *h) {
@@ -434,12 +645,14 @@ dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t
         if (!d->n.errors[i])
             d->n.errors[i] = &dummy_counter;
     }
-    d->n.auth_refused =
-        metrics ? pd_metrics_counter(metrics, "presenced_auth_failures_total",
-                                     "WebSocket upgrades refused for identity", NULL, NULL)
+    d->metrics = metrics;
+    d->n.token_expiries =
+        metrics ? pd_metrics_counter(metrics, "presenced_token_expiries_total",
+                                     "Connections closed (4001) because their token expired", NULL,
+                                     NULL)
                 : NULL;
-    if (!d->n.auth_refused)
-        d->n.auth_refused = &dummy_counter;
+    if (!d->n.token_expiries)
+        d->n.token_expiries = &dummy_counter;
     return d;
 }
 

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 
+#include "auth/token.h"
 #include "engine/engine.h"
 #include "rooms/rooms.h"
 #include "log.h"
@@ -18,6 +19,8 @@ typedef struct dispatch dispatch_t;
 
 typedef struct dispatch_config {
     bool dev_auth;             /* trust ?user=ID (development only) */
+    const auth_config_t *auth; /* tokens (alg NONE: not accepted); borrowed */
+    wheel_t *wheel;            /* token expiry timers */
     uint32_t heartbeat_ttl_ms; /* told to clients in the welcome message */
     uint32_t max_ids;          /* user ids per request */
 } dispatch_config_t;

@@ -34,6 +34,8 @@ struct sub {
     struct sub *t_next, *t_prev; /* in target->watchers */
     struct sub *w_next, *w_prev; /* in watcher->subs */
     void *slot;                  /* the watcher's queued, unsent update of target */
+    uint8_t visible;             /* the privacy rule lets the watcher see target */
+    uint8_t owed;                /* visible again: the current presence is to be sent */
 };
 
 struct session {
@@ -85,7 +87,9 @@ struct req {
     session_t *s;
     engine_done_cb done;
     engine_presences_cb pdone;
+    engine_privacy_cb privdone;
     void *arg;
+    bool subscribing; /* a snapshot for subscribe: hidden users' edges are marked */
 };
 
 static uint64_t dummy_counter;
@@ -96,6 +100,7 @@ void engine_config_default(engine_config_t *cfg) {
     cfg->offline_grace_ms = 5000;
     cfg->away_after_ms = 300000;
     cfg->max_subscriptions = 10000;
+    cfg->max_contacts = 5000;
 }
 
 static uint64_t now_ms(engine_t *e) {
@@ -167,6 +172,7 @@ static struct sub *add_sub(engine_t *e, session_t *w, struct euser *t) {
     }
     s->target = t;
     s->watcher = w;
+    s->visible = 1;
     s->t_next = t->watchers;
     if (t->watchers)
         t->watchers->t_prev = s;
@@ -223,8 +229,8 @@ static void on_presence_changed(void *ctx, const pd_presence_t *p) {
     if (!frame)
         return;
     for (struct sub *s = u->watchers; s; s = s->t_next) {
-        if (!s->watcher->client)
-            continue;
+        if (!s->watcher->client || !s->visible)
+            continue; /* the privacy rule: decided per watcher when settings change */
         int rc = e->ops.send_coalesced(s->watcher->client, frame, &s->slot);
         if (rc == 1)
             (*e->n.coalesced)++;
@@ -434,10 +440,25 @@ void engine_heartbeat(session_t *s, pd_str_t device) {
                                    memcmp(s->device->s, device.s, device.len) != 0);
     if (s->present && !new_device)
         return;
-    engine_update_t u = {.status = -1, .announce = false, .device = device, .auto_away = -1};
-    if (s->present)
-        u.status = (int8_t)s->claim;
-    engine_update(s, &u, NULL, NULL);
+    if (!s->present) {
+        engine_update_t u = {.status = -1, .announce = false, .device = device, .auto_away = -1};
+        engine_update(s, &u, NULL, NULL);
+        return;
+    }
+    /* Only the label changes: the claim, an automatic away and the time of the last user
+     * activity stay as they are (a heartbeat is not user activity). */
+    engine_t *e = s->e;
+    const pd_istr_t *dev = istr_get(&e->labels, device.s, device.len);
+    if (!dev)
+        return;
+    const pd_istr_t *old = s->device;
+    s->device = dev;
+    if (push_session(s, NULL, NULL, NULL) != 0) {
+        s->device = old;
+        istr_put(&e->labels, dev);
+        return;
+    }
+    istr_put(&e->labels, old);
 }
 
 static void req_removed(void *arg, int err, bool lingering) {
@@ -603,11 +624,19 @@ static double local_last_seen(engine_t *e, const pd_presence_t *p) {
     return best;
 }
 
-static void req_presences_done(void *arg, int err, const pd_presence_t *ps, size_t n) {
+static void req_presences_done(void *arg, int err, const pd_presence_t *ps, size_t n,
+                               const pd_str_t *hidden, size_t nhidden) {
     struct req *r = arg;
     session_t *s = r->s;
     engine_t *e = s->e;
     s->pending--;
+    /* The watcher may not see these: their later changes are not sent to it either. */
+    for (size_t i = 0; r->subscribing && !err && !s->closed && i < nhidden; i++) {
+        struct euser *t = find_user(e, hidden[i]);
+        struct sub *sub = t ? find_sub(e, s, t) : NULL;
+        if (sub)
+            sub->visible = 0;
+    }
     pd_presence_t *view = NULL;
     if (!err && n) {
         view = malloc(n * sizeof(*view));
@@ -630,16 +659,18 @@ static void req_presences_done(void *arg, int err, const pd_presence_t *ps, size
     maybe_free(s);
 }
 
-static int query(session_t *s, const pd_str_t *uniq, size_t n, engine_presences_cb done,
-                 void *arg) {
+static int query(session_t *s, const pd_str_t *uniq, size_t n, bool subscribing,
+                 engine_presences_cb done, void *arg) {
     struct req *r = calloc(1, sizeof(*r));
     if (!r)
         return PD_ENOMEM;
     r->s = s;
     r->pdone = done;
     r->arg = arg;
+    r->subscribing = subscribing;
     s->pending++;
-    int rc = store_presence_get(s->e->store, uniq, n, req_presences_done, r);
+    /* Every answer is filtered for the asking user by the privacy rule. */
+    int rc = store_presence_get(s->e->store, user_id(s->user), uniq, n, req_presences_done, r);
     if (rc) {
         s->pending--;
         free(r);
@@ -676,7 +707,7 @@ int engine_subscribe(session_t *s, const pd_str_t *ids, size_t n, engine_presenc
         }
     }
     if (rc == 0)
-        rc = query(s, uniq, n, done, arg);
+        rc = query(s, uniq, n, true, done, arg);
     free(uniq);
     return rc;
 }
@@ -699,8 +730,179 @@ int engine_get_presence(session_t *s, const pd_str_t *ids, size_t n, engine_pres
     if (!uniq)
         return PD_ENOMEM;
     n = unique_ids(ids, n, uniq);
-    int rc = query(s, uniq, n, done, arg);
+    int rc = query(s, uniq, n, false, done, arg);
     free(uniq);
+    return rc;
+}
+
+/* --- Privacy --- */
+
+/* A re-check of who may see target after its settings changed. */
+struct recheck {
+    engine_t *e;
+    pd_str_t target;
+    pd_str_t *requesters; /* sorted, distinct */
+    size_t n;
+};
+
+static void recheck_free(struct recheck *rc) {
+    if (!rc)
+        return;
+    for (size_t i = 0; i < rc->n; i++)
+        free((char *)rc->requesters[i].s);
+    free(rc->requesters);
+    free((char *)rc->target.s);
+    free(rc);
+}
+
+/* The current presence of a user who became visible to some watchers: sent to those. */
+static void owed_presence(void *arg, int err, const pd_presence_t *ps, size_t n,
+                          const pd_str_t *hidden, size_t nhidden) {
+    (void)hidden;
+    (void)nhidden;
+    struct recheck *rc = arg;
+    engine_t *e = rc->e;
+    struct euser *t = find_user(e, rc->target);
+    pd_obuf_t *frame = !err && n == 1 && t ? e->codec.presence_update(&ps[0]) : NULL;
+    for (struct sub *s = t ? t->watchers : NULL; s; s = s->t_next) {
+        if (!s->owed)
+            continue;
+        s->owed = 0;
+        if (frame && s->watcher->client && s->visible &&
+            e->ops.send_coalesced(s->watcher->client, frame, &s->slot) >= 0)
+            (*e->n.deliveries)++;
+    }
+    pd_obuf_release(frame);
+    recheck_free(rc);
+}
+
+static void rechecked(void *arg, int err, const uint8_t *bits) {
+    struct recheck *rc = arg;
+    engine_t *e = rc->e;
+    struct euser *t = find_user(e, rc->target);
+    if (err || !t) {
+        recheck_free(rc);
+        return;
+    }
+    pd_obuf_t *hidden = NULL;
+    bool owed = false;
+    for (struct sub *s = t->watchers; s; s = s->t_next) {
+        pd_str_t w = user_id(s->watcher->user);
+        pd_str_t *hit = bsearch(&w, rc->requesters, rc->n, sizeof(w), cmp_str);
+        if (!hit || bits[hit - rc->requesters] == s->visible)
+            continue;
+        s->visible = bits[hit - rc->requesters];
+        if (!s->watcher->client)
+            continue;
+        if (s->visible) {
+            s->owed = 1;
+            owed = true;
+            continue;
+        }
+        /* Lost permission: one bare offline, replacing any update still queued for it. */
+        if (!hidden)
+            hidden = e->codec.presence_hidden(rc->target);
+        if (hidden && e->ops.send_coalesced(s->watcher->client, hidden, &s->slot) >= 0)
+            (*e->n.deliveries)++;
+    }
+    pd_obuf_release(hidden);
+    if (!owed || store_presence_get(e->store, (pd_str_t){0}, &rc->target, 1, owed_presence, rc))
+        recheck_free(rc);
+}
+
+static void on_privacy_changed(void *ctx, pd_str_t user) {
+    engine_t *e = ctx;
+    struct euser *t = find_user(e, user);
+    if (!t || !t->watchers)
+        return;
+    struct recheck *rc = calloc(1, sizeof(*rc));
+    pd_str_t *ids = malloc(sizeof(*ids) * t->nwatchers);
+    if (!rc || !ids)
+        goto err_free;
+    rc->e = e;
+    size_t n = 0;
+    for (struct sub *s = t->watchers; s; s = s->t_next)
+        ids[n++] = user_id(s->watcher->user);
+    n = unique_ids(ids, n, ids);
+    /* Copies: the store may answer after these sessions are gone. */
+    rc->requesters = calloc(n + 1, sizeof(pd_str_t));
+    rc->target.s = malloc(user.len + 1);
+    if (!rc->requesters || !rc->target.s)
+        goto err_free;
+    memcpy((char *)rc->target.s, user.s, user.len);
+    rc->target.len = user.len;
+    for (size_t i = 0; i < n; i++, rc->n++) {
+        char *c = malloc(ids[i].len + 1);
+        if (!c)
+            goto err_free;
+        memcpy(c, ids[i].s, ids[i].len);
+        rc->requesters[i] = (pd_str_t){c, ids[i].len};
+    }
+    free(ids);
+    ids = NULL;
+    if (store_can_see(e->store, rc->target, rc->requesters, rc->n, rechecked, rc) == 0)
+        return;
+err_free:
+    PD_WARN(e->log, "engine", "privacy of %.*s changed but could not be re-checked", (int)user.len,
+            user.s);
+    free(ids);
+    recheck_free(rc);
+}
+
+static void req_privacy_done(void *arg, int err, const store_privacy_t *p) {
+    struct req *r = arg;
+    session_t *s = r->s;
+    s->pending--;
+    r->privdone(r->arg, s->closed ? PD_ECLOSED : err, p);
+    free(r);
+    maybe_free(s);
+}
+
+int engine_privacy_get(session_t *s, engine_privacy_cb done, void *arg) {
+    if (s->closed)
+        return PD_ECLOSED;
+    struct req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return PD_ENOMEM;
+    r->s = s;
+    r->privdone = done;
+    r->arg = arg;
+    s->pending++;
+    int rc = store_privacy_get(s->e->store, user_id(s->user), req_privacy_done, r);
+    if (rc) {
+        s->pending--;
+        free(r);
+    }
+    return rc;
+}
+
+static void req_done(void *arg, int err) {
+    struct req *r = arg;
+    session_t *s = r->s;
+    s->pending--;
+    if (r->done)
+        r->done(r->arg, s->closed ? PD_ECLOSED : err);
+    free(r);
+    maybe_free(s);
+}
+
+int engine_privacy_change(session_t *s, int op, uint8_t visibility, pd_str_t other,
+                          engine_done_cb done, void *arg) {
+    if (s->closed)
+        return PD_ECLOSED;
+    struct req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return PD_ENOMEM;
+    r->s = s;
+    r->done = done;
+    r->arg = arg;
+    s->pending++;
+    int rc = store_privacy_change(s->e->store, user_id(s->user), op, visibility, other,
+                                  s->e->cfg.max_contacts, req_done, r);
+    if (rc) {
+        s->pending--;
+        free(r);
+    }
     return rc;
 }
 
@@ -759,7 +961,7 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
         return NULL;
     }
     register_metrics(e, metrics);
-    store_listen_presence(store, e, on_presence_changed);
+    store_listen_presence(store, e, on_presence_changed, on_privacy_changed);
     return e;
 }
 
@@ -789,7 +991,7 @@ void engine_free(engine_t *e) {
         }
     }
     if (e->store)
-        store_listen_presence(e->store, NULL, NULL);
+        store_listen_presence(e->store, NULL, NULL, NULL);
     hmap_destroy(&e->users);
     hmap_destroy(&e->subs);
     if (e->labels.map.buckets)

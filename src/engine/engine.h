@@ -57,6 +57,7 @@ typedef struct engine_config {
     uint32_t offline_grace_ms;  /* a disconnect waits this long before offline */
     uint32_t away_after_ms;     /* opt-in server-side idle: away after this long */
     uint32_t max_subscriptions; /* watched users per connection */
+    uint32_t max_contacts;      /* contacts, and blocked users, per user */
 } engine_config_t;
 
 void engine_config_default(engine_config_t *cfg);
@@ -135,6 +136,19 @@ void engine_unsubscribe(session_t *s, const pd_str_t *ids, size_t n);
 /* The presence of ids (unknown users left out). */
 int engine_get_presence(session_t *s, const pd_str_t *ids, size_t n, engine_presences_cb done,
                         void *arg);
+
+/* --- Privacy: the session's user manages their own settings. --- */
+
+typedef void (*engine_privacy_cb)(void *arg, int err, const store_privacy_t *p);
+
+/* The user's visibility, contacts and blocked users. */
+int engine_privacy_get(session_t *s, engine_privacy_cb done, void *arg);
+
+/* One change (enum store_privacy_op) of the user's settings; done once durable. PD_ELIMIT
+ * (via done) when the list is full. Watchers everywhere are re-checked at once: one that
+ * loses permission gets a bare offline, one that gains it the current presence. */
+int engine_privacy_change(session_t *s, int op, uint8_t visibility, pd_str_t other,
+                          engine_done_cb done, void *arg);
 
 /* Watched users of the session. */
 uint32_t engine_session_subscriptions(const session_t *s);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "privacy/privacy.h"
 #include "proto/proto.h"
 #include "util/error.h"
 
@@ -45,6 +46,9 @@ enum {
     F_CURSOR = 1 << 9,
     F_TYPING = 1 << 10,
     F_LIMIT = 1 << 11,
+    F_VISIBILITY = 1 << 12,
+    F_USER_ID = 1 << 13,
+    F_TOKEN = 1 << 14,
 };
 
 /* Fields a type cannot do without. */
@@ -59,6 +63,13 @@ static const uint32_t required_fields[PROTO_TYPE_COUNT] = {
     [PROTO_TYPING] = F_CHANNEL | F_TYPING,
     [PROTO_CHANNEL_MEMBERS] = F_CHANNEL,
     [PROTO_CHANNEL_COUNT] = F_CHANNEL,
+    [PROTO_SET_VISIBILITY] = F_VISIBILITY,
+    [PROTO_ADD_CONTACT] = F_USER_ID,
+    [PROTO_REMOVE_CONTACT] = F_USER_ID,
+    [PROTO_BLOCK] = F_USER_ID,
+    [PROTO_UNBLOCK] = F_USER_ID,
+    [PROTO_GET_PRIVACY] = 0,
+    [PROTO_REFRESH] = F_TOKEN,
 };
 
 static const uint32_t allowed_fields[PROTO_TYPE_COUNT] = {
@@ -78,6 +89,13 @@ static const uint32_t allowed_fields[PROTO_TYPE_COUNT] = {
     [PROTO_TYPING] = F_CHANNEL | F_TYPING,
     [PROTO_CHANNEL_MEMBERS] = F_CHANNEL | F_CURSOR | F_LIMIT,
     [PROTO_CHANNEL_COUNT] = F_CHANNEL,
+    [PROTO_SET_VISIBILITY] = F_VISIBILITY,
+    [PROTO_ADD_CONTACT] = F_USER_ID,
+    [PROTO_REMOVE_CONTACT] = F_USER_ID,
+    [PROTO_BLOCK] = F_USER_ID,
+    [PROTO_UNBLOCK] = F_USER_ID,
+    [PROTO_GET_PRIVACY] = 0,
+    [PROTO_REFRESH] = F_TOKEN,
 };
 
 static const struct {
@@ -96,6 +114,9 @@ static const struct {
     {"cursor", F_CURSOR},
     {"typing", F_TYPING},
     {"limit", F_LIMIT},
+    {"visibility", F_VISIBILITY},
+    {"user_id", F_USER_ID},
+    {"token", F_TOKEN},
 };
 
 static int fail(proto_error_t *err, int code, const char *fmt, ...)
@@ -110,17 +131,39 @@ static int fail(proto_error_t *err, int code, const char *fmt, ...) {
     return PD_EPROTO;
 }
 
-/* The escape \u0000 would be silently cut short by cJSON's NUL-terminated strings. */
+/* The escape \u0000 would be silently cut short by cJSON's NUL-terminated strings. So would
+ * a raw NUL byte, which cJSON keeps inside a string ("we<NUL>b" became "we"), as it keeps every
+ * raw control character JSON forbids there (RFC 8259 section 7): refuse them all. Outside
+ * strings only whitespace separates tokens, and cJSON refuses the rest itself. */
 static bool has_nul_escape(const uint8_t *d, size_t len) {
-    for (size_t i = 0; i + 5 < len; i++) {
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        if (d[i] == '"') {
+            in_string = !in_string;
+            continue;
+        }
+        if (d[i] == 0 || (in_string && d[i] < 0x20))
+            return true;
         if (d[i] != '\\')
             continue;
-        if (d[i + 1] == 'u' && d[i + 2] == '0' && d[i + 3] == '0' && d[i + 4] == '0' &&
-            d[i + 5] == '0')
+        if (i + 5 < len && d[i + 1] == 'u' && d[i + 2] == '0' && d[i + 3] == '0' &&
+            d[i + 4] == '0' && d[i + 5] == '0')
             return true;
         i++; /* skip the escaped character, so "\\u0000" (a backslash, then text) passes */
     }
     return false;
+}
+
+/* How many bytes of s (at most max) to quote in an error message without cutting a UTF-8
+ * character: the message goes out in a text frame, which must be valid UTF-8. */
+static int quote_len(const char *s, size_t max) {
+    size_t n = strlen(s);
+    if (n > max) {
+        n = max;
+        while (n > 0 && ((uint8_t)s[n] & 0xC0) == 0x80)
+            n--;
+    }
+    return (int)n;
 }
 
 static int cmp_names(const void *a, const void *b) {
@@ -273,8 +316,8 @@ static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg
             if (strcmp(k, field_names[i].name) == 0)
                 bit = field_names[i].bit;
         if (!(bit & allowed))
-            return fail(err, PROTO_E_UNKNOWN_FIELD, "%s has no field \"%.64s\"",
-                        proto_type_name(m->type), k);
+            return fail(err, PROTO_E_UNKNOWN_FIELD, "%s has no field \"%.*s\"",
+                        proto_type_name(m->type), quote_len(k, 64), k);
         seen |= bit;
         int rc = 0;
         switch (bit) {
@@ -350,6 +393,36 @@ static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg
                 return fail(err, PROTO_E_BAD_FIELD, "\"typing\" must be true or false");
             m->typing = cJSON_IsTrue(c) ? 1 : 0;
             break;
+        case F_VISIBILITY: {
+            int v = cJSON_IsString(c)
+                        ? privacy_visibility_parse(c->valuestring, strlen(c->valuestring))
+                        : -2;
+            if (v == -2)
+                return fail(err, PROTO_E_BAD_FIELD, "\"visibility\" must be a string");
+            if (v < 0)
+                return fail(err, PROTO_E_BAD_VISIBILITY,
+                            "\"visibility\" must be everyone, contacts or nobody");
+            m->visibility = (int8_t)v;
+            break;
+        }
+        case F_USER_ID:
+            if (!cJSON_IsString(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"user_id\" must be a string");
+            m->user_id.s = c->valuestring;
+            m->user_id.len = strlen(c->valuestring);
+            if (m->user_id.len > PD_USER_ID_MAX)
+                return fail(err, PROTO_E_TOO_LONG, "\"user_id\" is longer than %d bytes",
+                            PD_USER_ID_MAX);
+            if (!pd_user_id_valid(m->user_id.s, m->user_id.len))
+                return fail(err, PROTO_E_BAD_USER_ID,
+                            "\"user_id\" must be non-empty, without control characters");
+            break;
+        case F_TOKEN:
+            if (!cJSON_IsString(c))
+                return fail(err, PROTO_E_BAD_FIELD, "\"token\" must be a string");
+            m->token.s = c->valuestring;
+            m->token.len = strlen(c->valuestring);
+            break;
         case F_LIMIT:
             if (!cJSON_IsNumber(c) || c->valuedouble != floor(c->valuedouble) ||
                 c->valuedouble < 1 || c->valuedouble > PROTO_PAGE_MAX)
@@ -414,7 +487,8 @@ int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, pro
         if (strcmp(type->valuestring, type_names[i]) == 0)
             m->type = (uint8_t)i;
     if (m->type == PROTO_TYPE_COUNT) {
-        rc = fail(err, PROTO_E_UNKNOWN_TYPE, "unknown message type \"%.64s\"", type->valuestring);
+        rc = fail(err, PROTO_E_UNKNOWN_TYPE, "unknown message type \"%.*s\"",
+                  quote_len(type->valuestring, 64), type->valuestring);
         goto err_free;
     }
     m->root = root;

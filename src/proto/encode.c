@@ -313,3 +313,25 @@ pd_obuf_t *proto_encode_signal(const char *type, pd_str_t channel, pd_str_t user
     jw_obj_end(&w);
     return seal(&w);
 }
+
+pd_obuf_t *proto_encode_privacy(const proto_id_t *id, const char *visibility,
+                                const pd_str_t *contacts, size_t ncontacts, const pd_str_t *blocked,
+                                size_t nblocked) {
+    size_t hint = 128;
+    for (size_t i = 0; i < ncontacts; i++)
+        hint += contacts[i].len + 3;
+    for (size_t i = 0; i < nblocked; i++)
+        hint += blocked[i].len + 3;
+    jsonw_t w;
+    jw_init(&w, hint);
+    jw_obj(&w);
+    jw_key(&w, "type");
+    jw_cstr(&w, "privacy");
+    put_id(&w, id);
+    jw_key(&w, "visibility");
+    jw_cstr(&w, visibility);
+    put_raw_list(&w, "contacts", contacts, ncontacts, false);
+    put_raw_list(&w, "blocked", blocked, nblocked, false);
+    jw_obj_end(&w);
+    return seal(&w);
+}

@@ -45,7 +45,14 @@
     XX(CURSOR, "cursor")                                                                           \
     XX(TYPING, "typing")                                                                           \
     XX(CHANNEL_MEMBERS, "channel_members")                                                         \
-    XX(CHANNEL_COUNT, "channel_count")
+    XX(CHANNEL_COUNT, "channel_count")                                                             \
+    XX(SET_VISIBILITY, "set_visibility")                                                           \
+    XX(ADD_CONTACT, "add_contact")                                                                 \
+    XX(REMOVE_CONTACT, "remove_contact")                                                           \
+    XX(BLOCK, "block")                                                                             \
+    XX(UNBLOCK, "unblock")                                                                         \
+    XX(GET_PRIVACY, "get_privacy")                                                                 \
+    XX(REFRESH, "refresh")
 
 enum proto_type {
 #define PROTO_TYPE_ENUM(name, str) PROTO_##name,
@@ -76,6 +83,10 @@ enum proto_type {
     XX(ROOM_LIMIT, "room_limit", "the connection is in as many channels as allowed")               \
     XX(ROOM_FULL, "room_full", "the channel has as many members as allowed")                       \
     XX(FORBIDDEN, "forbidden", "the connection's token does not allow this channel")               \
+    XX(BAD_VISIBILITY, "bad_visibility", "a visibility other than everyone, contacts or nobody")   \
+    XX(LIST_FULL, "list_full", "the contact or block list holds as many users as allowed")         \
+    XX(BAD_TOKEN, "bad_token", "a token that does not verify, or has expired")                     \
+    XX(WRONG_USER, "wrong_user", "a token for another user than the connection's")                 \
     XX(INTERNAL, "internal", "the server could not complete the request")
 
 enum proto_error_code {
@@ -118,6 +129,9 @@ typedef struct proto_msg {
     pd_str_t after;    /* channel_members: the pagination cursor; .s NULL if absent */
     uint32_t limit;    /* channel_members: page size */
     int8_t typing;     /* typing: 0 or 1 */
+    int8_t visibility; /* set_visibility: enum pd_visibility */
+    pd_str_t user_id;  /* add_contact, remove_contact, block, unblock */
+    pd_str_t token;    /* refresh */
     void *root;        /* the parsed tree (cJSON); strings above point into it */
 } proto_msg_t;
 
@@ -190,6 +204,11 @@ pd_obuf_t *proto_encode_channel_delta(pd_str_t channel, const pd_str_t *joined, 
 /* {"type":TYPE,"channel":..,"user_id":..,KEY:<json>}: cursor and typing relays. */
 pd_obuf_t *proto_encode_signal(const char *type, pd_str_t channel, pd_str_t user, const char *key,
                                pd_str_t json);
+
+/* {"type":"privacy","id":..,"visibility":..,"contacts":[...],"blocked":[...]} */
+pd_obuf_t *proto_encode_privacy(const proto_id_t *id, const char *visibility,
+                                const pd_str_t *contacts, size_t ncontacts, const pd_str_t *blocked,
+                                size_t nblocked);
 
 /* {"type":"welcome","protocol":1,"user_id":..,"session_id":..,"heartbeat_interval":ms,
  * "heartbeat_ttl":ms} sent once a connection opens. */

@@ -62,8 +62,31 @@ enum store_remove_mode {
 /* Results. Pointers inside are valid only during the call. */
 typedef void (*store_presence_cb)(void *arg, int err, const pd_presence_t *p);
 typedef void (*store_remove_cb)(void *arg, int err, bool lingering);
-/* Known users only, in the order asked, unknown ones left out. */
-typedef void (*store_bulk_cb)(void *arg, int err, const pd_presence_t *ps, size_t n);
+/* The presences the requester may see of the users asked for (in the order asked; unknown
+ * users left out), and the ids of known users the privacy rule hides from the requester. */
+typedef void (*store_bulk_cb)(void *arg, int err, const pd_presence_t *ps, size_t n,
+                              const pd_str_t *hidden, size_t nhidden);
+
+/* --- Privacy: each user's visibility, contacts and blocked users (privacy/privacy.h). --- */
+typedef struct store_privacy {
+    uint8_t visibility; /* enum pd_visibility */
+    const pd_str_t *contacts;
+    uint32_t ncontacts;
+    const pd_str_t *blocked;
+    uint32_t nblocked;
+} store_privacy_t;
+
+enum store_privacy_op {
+    STORE_PRIV_VISIBILITY,
+    STORE_PRIV_ADD_CONTACT,
+    STORE_PRIV_REMOVE_CONTACT,
+    STORE_PRIV_BLOCK,
+    STORE_PRIV_UNBLOCK
+};
+
+typedef void (*store_privacy_cb)(void *arg, int err, const store_privacy_t *p);
+/* visible[i] for requester i: 1 when they may see the target. */
+typedef void (*store_bits_cb)(void *arg, int err, const uint8_t *visible);
 
 /* --- Rooms ---
  * A room (channel, document) has members: users, each with one or more connections (on any
@@ -113,6 +136,8 @@ typedef void (*store_count_cb)(void *arg, int err, uint32_t count);
 typedef struct store_listener {
     void *ctx;
     void (*presence_changed)(void *ctx, const pd_presence_t *p);
+    /* user's privacy settings changed: who may see them must be decided again */
+    void (*privacy_changed)(void *ctx, pd_str_t user);
     void *room_ctx;
     void (*room_event)(void *room_ctx, const store_room_event_t *ev);
 } store_listener_t;
@@ -131,8 +156,24 @@ typedef struct store_ops {
      * Removing a session that is not there succeeds and changes nothing. */
     int (*session_remove)(store_t *st, pd_str_t user, uint64_t sid, int mode, store_remove_cb cb,
                           void *arg);
-    /* The presences of up to n users. */
-    int (*presence_get)(store_t *st, const pd_str_t *users, size_t n, store_bulk_cb cb, void *arg);
+    /* The presences of up to n users, filtered for requester by the privacy rule (no
+     * filtering when requester.s is NULL). */
+    int (*presence_get)(store_t *st, pd_str_t requester, const pd_str_t *users, size_t n,
+                        store_bulk_cb cb, void *arg);
+
+    /* The user's privacy settings. */
+    int (*privacy_get)(store_t *st, pd_str_t user, store_privacy_cb cb, void *arg);
+    /* One change of the user's settings (visibility, or other added to / removed from
+     * contacts or blocked), acknowledged once durable. PD_ELIMIT (via the callback) when the
+     * list already holds max_entries users. Announces privacy_changed when it changed. */
+    int (*privacy_change)(store_t *st, pd_str_t user, int op, uint8_t visibility, pd_str_t other,
+                          uint32_t max_entries, store_done_cb cb, void *arg);
+    /* Replaces all of the user's settings at once. */
+    int (*privacy_replace)(store_t *st, pd_str_t user, const store_privacy_t *p,
+                           uint32_t max_entries, store_done_cb cb, void *arg);
+    /* Which of n requesters may see target. */
+    int (*can_see)(store_t *st, pd_str_t target, const pd_str_t *requesters, size_t n,
+                   store_bits_cb cb, void *arg);
     /* Asks for (and stops asking for) the listener's change announcements of user. A store
      * that announces every change to every node may ignore these. Calls are counted: each
      * watch needs its unwatch. */
@@ -170,9 +211,11 @@ struct store {
 };
 
 static inline void store_listen_presence(store_t *st, void *ctx,
-                                         void (*fn)(void *, const pd_presence_t *)) {
+                                         void (*fn)(void *, const pd_presence_t *),
+                                         void (*privacy)(void *, pd_str_t)) {
     st->listener.ctx = ctx;
     st->listener.presence_changed = fn;
+    st->listener.privacy_changed = privacy;
 }
 static inline void store_listen_rooms(store_t *st, void *ctx,
                                       void (*fn)(void *, const store_room_event_t *)) {
@@ -192,9 +235,25 @@ static inline int store_session_remove(store_t *st, pd_str_t user, uint64_t sid,
                                        store_remove_cb cb, void *arg) {
     return st->ops->session_remove(st, user, sid, mode, cb, arg);
 }
-static inline int store_presence_get(store_t *st, const pd_str_t *users, size_t n, store_bulk_cb cb,
-                                     void *arg) {
-    return st->ops->presence_get(st, users, n, cb, arg);
+static inline int store_presence_get(store_t *st, pd_str_t requester, const pd_str_t *users,
+                                     size_t n, store_bulk_cb cb, void *arg) {
+    return st->ops->presence_get(st, requester, users, n, cb, arg);
+}
+static inline int store_privacy_get(store_t *st, pd_str_t user, store_privacy_cb cb, void *arg) {
+    return st->ops->privacy_get(st, user, cb, arg);
+}
+static inline int store_privacy_change(store_t *st, pd_str_t user, int op, uint8_t visibility,
+                                       pd_str_t other, uint32_t max_entries, store_done_cb cb,
+                                       void *arg) {
+    return st->ops->privacy_change(st, user, op, visibility, other, max_entries, cb, arg);
+}
+static inline int store_privacy_replace(store_t *st, pd_str_t user, const store_privacy_t *p,
+                                        uint32_t max_entries, store_done_cb cb, void *arg) {
+    return st->ops->privacy_replace(st, user, p, max_entries, cb, arg);
+}
+static inline int store_can_see(store_t *st, pd_str_t target, const pd_str_t *requesters, size_t n,
+                                store_bits_cb cb, void *arg) {
+    return st->ops->can_see(st, target, requesters, n, cb, arg);
 }
 static inline int store_watch(store_t *st, pd_str_t user) {
     return st->ops->watch(st, user);

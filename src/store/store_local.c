@@ -3,8 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "privacy/privacy.h"
 #include "util/error.h"
 #include "util/istr.h"
+
+#define LAST_SEEN_FLUSH_MS 1000 /* write-behind period of last_seen */
 
 struct ls_session {
     struct ls_session *next;
@@ -21,10 +24,24 @@ struct ls_expiry {
     struct ls_user *user;
 };
 
+/* A user id in a contact or block list. */
+struct ls_name {
+    hmap_node_t node;
+    uint16_t len;
+    char s[];
+};
+
+/* Privacy settings, allocated only for users who changed the defaults. */
+struct ls_privacy {
+    uint8_t visibility;
+    hmap_t contacts, blocked;
+};
+
 struct ls_user {
     hmap_node_t node;
     struct ls_session *sessions;
-    char *custom_status; /* NULL when unset */
+    struct ls_privacy *priv; /* NULL: everyone, no contacts, nobody blocked */
+    char *custom_status;     /* NULL when unset */
     char *activity;
     double custom_status_expires; /* epoch seconds, 0 = never */
     struct ls_expiry *expiry;     /* armed while custom_status_expires is set */
@@ -33,6 +50,7 @@ struct ls_user {
     uint64_t version;
     uint16_t nsessions;
     uint16_t id_len;
+    uint8_t dirty; /* last_seen not yet written */
     char id[];
 };
 
@@ -73,17 +91,26 @@ struct store_local {
     wheel_t *wheel;
     pd_clock_t clock;
     uint64_t seq;
+    persist_t *persist; /* NULL: memory only */
+    pd_log_t *log;
+    struct ls_user **dirty; /* users whose last_seen awaits the next flush */
+    size_t ndirty, dirty_cap;
+    wheel_timer_t flush_timer;
 };
 
 /* What a watcher can see, to tell whether a change is visible. */
+/* What a watcher can see of a user's sessions, to tell whether a change is visible. The
+ * device labels are held by reference while a change is made, so comparing pointers stays
+ * valid even if a label was freed and another allocated at its address meanwhile. (Text
+ * fields are compared by apply_fields, which knows their old and new values.) */
 struct visible {
     uint8_t status;
     uint32_t ndevices;
-    const char *custom_status, *activity;
-    const char *devices[PD_SESSIONS_PER_USER_MAX];
+    const pd_istr_t *devices[PD_SESSIONS_PER_USER_MAX];
 };
 
 static void remove_member(struct store_local *st, struct lr_room *r, struct lr_member *m);
+static int cmp_id(const char *a, size_t alen, const char *b, size_t blen);
 static void free_room_if_empty(struct store_local *st, struct lr_room *r);
 
 static bool user_eq(const hmap_node_t *n, const void *key, size_t len) {
@@ -107,6 +134,59 @@ static struct ls_user *get_user(struct store_local *st, pd_str_t id) {
     memcpy(u->id, id.s, id.len);
     hmap_insert(&st->users, &u->node, pd_hash(st->key, id.s, id.len));
     return u;
+}
+
+/* last_seen moves in memory at once and reaches the database with the next flush. */
+static void touch_last_seen(struct store_local *st, struct ls_user *u) {
+    u->last_seen = pd_clock_wall(&st->clock);
+    if (!st->persist || u->dirty)
+        return;
+    if (st->ndirty == st->dirty_cap) {
+        size_t cap = st->dirty_cap ? st->dirty_cap * 2 : 256;
+        struct ls_user **nd = realloc(st->dirty, cap * sizeof(*nd));
+        if (!nd)
+            return; /* written at the user's next change instead */
+        st->dirty = nd;
+        st->dirty_cap = cap;
+    }
+    st->dirty[st->ndirty++] = u;
+    u->dirty = 1;
+    if (!wheel_timer_armed(&st->flush_timer))
+        wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
+}
+
+static const char *last_device(const struct ls_user *u) {
+    const struct ls_session *latest = NULL;
+    for (const struct ls_session *s = u->sessions; s; s = s->next)
+        if (!latest || s->touched > latest->touched)
+            latest = s;
+    return latest ? latest->device->s : u->last_device ? u->last_device->s : NULL;
+}
+
+static void flush_last_seen(struct store_local *st) {
+    if (!st->persist || st->ndirty == 0)
+        return;
+    int rc = persist_begin(st->persist);
+    for (size_t i = 0; rc == 0 && i < st->ndirty; i++) {
+        struct ls_user *u = st->dirty[i];
+        rc = persist_save_last_seen(st->persist, (pd_str_t){u->id, u->id_len}, u->last_seen,
+                                    last_device(u));
+    }
+    if (rc == 0)
+        rc = persist_commit(st->persist);
+    if (rc) {
+        PD_WARN(st->log, "store", "last_seen of %zu users not saved; retrying later", st->ndirty);
+        wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
+        return;
+    }
+    for (size_t i = 0; i < st->ndirty; i++)
+        st->dirty[i]->dirty = 0;
+    st->ndirty = 0;
+}
+
+static void flush_timer_fire(wheel_timer_t *t, uint64_t now) {
+    (void)now;
+    flush_last_seen((struct store_local *)((char *)t - offsetof(struct store_local, flush_timer)));
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -152,11 +232,33 @@ static void view(const struct ls_user *u, pd_presence_t *p, const char **devs) {
 }
 
 /* Fills v with what a watcher can see of the user. */
-static void compute(const struct ls_user *u, struct visible *v) {
-    const struct ls_session *latest;
-    v->ndevices = collect(u, v->devices, &v->status, &latest);
-    v->custom_status = u->custom_status;
-    v->activity = u->activity;
+static int cmp_istr(const void *a, const void *b) {
+    return strcmp((*(const pd_istr_t *const *)a)->s, (*(const pd_istr_t *const *)b)->s);
+}
+
+/* Fills v with the visible state of the user's sessions; with hold, takes a reference on
+ * each label (release with release_visible). */
+static void compute(struct store_local *st, const struct ls_user *u, struct visible *v, bool hold) {
+    (void)st;
+    uint8_t claims[PD_SESSIONS_PER_USER_MAX];
+    size_t n = 0;
+    v->ndevices = 0;
+    for (const struct ls_session *s = u->sessions; s; s = s->next) {
+        claims[n++] = s->status;
+        bool dup = false;
+        for (uint32_t i = 0; i < v->ndevices && !dup; i++)
+            dup = v->devices[i] == s->device;
+        if (!dup)
+            v->devices[v->ndevices++] = hold ? istr_ref(s->device) : s->device;
+    }
+    qsort(v->devices, v->ndevices, sizeof(v->devices[0]), cmp_istr);
+    v->status = pd_aggregate_status(claims, n);
+}
+
+static void release_visible(struct store_local *st, struct visible *v) {
+    for (uint32_t i = 0; i < v->ndevices; i++)
+        istr_put(&st->labels, v->devices[i]);
+    v->ndevices = 0;
 }
 
 static bool str_eq(const char *a, const char *b) {
@@ -166,8 +268,7 @@ static bool str_eq(const char *a, const char *b) {
 }
 
 static bool visible_eq(const struct visible *a, const struct visible *b) {
-    if (a->status != b->status || a->ndevices != b->ndevices ||
-        !str_eq(a->custom_status, b->custom_status) || !str_eq(a->activity, b->activity))
+    if (a->status != b->status || a->ndevices != b->ndevices)
         return false;
     for (uint32_t i = 0; i < a->ndevices; i++)
         if (a->devices[i] != b->devices[i])
@@ -177,13 +278,15 @@ static bool visible_eq(const struct visible *a, const struct visible *b) {
 
 /* Compares with the state before the change; announces it when visible. The caller's
  * callback follows with the same view. */
-static void finish_change(struct store_local *st, struct ls_user *u, const struct visible *before,
-                          struct visible *after, pd_presence_t *p) {
-    compute(u, after);
-    bool changed = !visible_eq(before, after);
+static void finish_change(struct store_local *st, struct ls_user *u, struct visible *before,
+                          bool fields_changed, pd_presence_t *p, const char **devs) {
+    struct visible after;
+    compute(st, u, &after, false);
+    bool changed = fields_changed || !visible_eq(before, &after);
+    release_visible(st, before);
     if (changed)
         u->version++;
-    view(u, p, after->devices);
+    view(u, p, devs);
     if (changed && st->base.listener.presence_changed)
         st->base.listener.presence_changed(st->base.listener.ctx, p);
 }
@@ -199,42 +302,79 @@ static void clear_expiry(struct ls_user *u) {
     u->custom_status_expires = 0;
 }
 
-static int set_text(char **field, const store_text_t *t) {
-    if (t->op == STORE_KEEP)
-        return 0;
-    char *nv = NULL;
-    if (t->op == STORE_SET) {
-        nv = malloc(t->len + 1);
-        if (!nv)
-            return PD_ENOMEM;
-        memcpy(nv, t->s, t->len);
-        nv[t->len] = '\0';
+/* The new value of a text field (KEEP: NULL here, the old value stays). */
+static char *dup_text(const store_text_t *t, bool *ok) {
+    *ok = true;
+    if (t->op != STORE_SET)
+        return NULL;
+    char *v = malloc(t->len + 1);
+    if (!v) {
+        *ok = false;
+        return NULL;
     }
-    free(*field);
-    *field = nv;
+    memcpy(v, t->s, t->len);
+    v[t->len] = '\0';
+    return v;
+}
+
+static int arm_expiry(struct store_local *st, struct ls_user *u, double expires) {
+    struct ls_expiry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return PD_ENOMEM;
+    e->st = st;
+    e->user = u;
+    wheel_timer_init(&e->timer, expiry_fire);
+    u->expiry = e;
+    u->custom_status_expires = expires;
+    double in = expires - pd_clock_wall(&st->clock);
+    uint64_t now = pd_clock_ms(&st->clock);
+    wheel_schedule(st->wheel, &e->timer, in > 0 ? now + (uint64_t)(in * 1000.0) : now);
     return 0;
 }
 
-static int apply_fields(struct store_local *st, struct ls_user *u, const store_user_fields_t *f) {
-    if (!f)
+/* Applies user-level fields: written to the database first (when persistent), so a change
+ * is acknowledged only once durable; nothing changes when that fails. */
+static int apply_fields(struct store_local *st, struct ls_user *u, const store_user_fields_t *f,
+                        bool *changed) {
+    *changed = false;
+    if (!f || (f->custom_status.op == STORE_KEEP && f->activity.op == STORE_KEEP))
         return 0;
-    if (set_text(&u->custom_status, &f->custom_status) || set_text(&u->activity, &f->activity))
+    bool ok1, ok2;
+    bool keep_cs = f->custom_status.op == STORE_KEEP, keep_act = f->activity.op == STORE_KEEP;
+    char *cs = dup_text(&f->custom_status, &ok1);
+    char *act = dup_text(&f->activity, &ok2);
+    if (!ok1 || !ok2) {
+        free(cs);
+        free(act);
         return PD_ENOMEM;
-    if (f->custom_status.op != STORE_KEEP)
-        clear_expiry(u);
-    if (f->custom_status.op == STORE_SET && f->custom_status_expires > 0) {
-        struct ls_expiry *e = calloc(1, sizeof(*e));
-        if (!e)
-            return PD_ENOMEM;
-        e->st = st;
-        e->user = u;
-        wheel_timer_init(&e->timer, expiry_fire);
-        u->expiry = e;
-        u->custom_status_expires = f->custom_status_expires;
-        double in = f->custom_status_expires - pd_clock_wall(&st->clock);
-        uint64_t now = pd_clock_ms(&st->clock);
-        wheel_schedule(st->wheel, &e->timer, in > 0 ? now + (uint64_t)(in * 1000.0) : now);
     }
+    const char *new_cs = keep_cs ? u->custom_status : cs;
+    const char *new_act = keep_act ? u->activity : act;
+    double expires = f->custom_status.op == STORE_SET     ? f->custom_status_expires
+                     : f->custom_status.op == STORE_CLEAR ? 0
+                                                          : u->custom_status_expires;
+    /* Visible: the texts; a new expiry of the same text is not. */
+    *changed = !str_eq(new_cs, u->custom_status) || !str_eq(new_act, u->activity);
+    bool same = !*changed && expires == u->custom_status_expires;
+    if (!same && st->persist &&
+        persist_save_fields(st->persist, (pd_str_t){u->id, u->id_len}, new_cs, expires, new_act) !=
+            0) {
+        free(cs);
+        free(act);
+        *changed = false;
+        return PD_EIO;
+    }
+    if (!keep_cs) {
+        clear_expiry(u);
+        free(u->custom_status);
+        u->custom_status = cs;
+    }
+    if (!keep_act) {
+        free(u->activity);
+        u->activity = act;
+    }
+    if (f->custom_status.op == STORE_SET && expires > 0 && arm_expiry(st, u, expires) != 0)
+        return PD_ENOMEM;
     return 0;
 }
 
@@ -243,15 +383,18 @@ static void expiry_fire(wheel_timer_t *t, uint64_t now) {
     struct ls_expiry *e = (struct ls_expiry *)t;
     struct store_local *st = e->st;
     struct ls_user *u = e->user;
-    struct visible before, after;
-    compute(u, &before);
+    struct visible before;
+    compute(st, u, &before, true);
     free(u->custom_status);
     u->custom_status = NULL;
     u->expiry = NULL;
     u->custom_status_expires = 0;
     free(e);
+    if (st->persist)
+        persist_save_fields(st->persist, (pd_str_t){u->id, u->id_len}, NULL, 0, u->activity);
     pd_presence_t p;
-    finish_change(st, u, &before, &after, &p);
+    const char *devs[PD_SESSIONS_PER_USER_MAX];
+    finish_change(st, u, &before, true, &p, devs);
 }
 
 static void drop_session(struct store_local *st, struct ls_user *u, struct ls_session **link) {
@@ -282,12 +425,17 @@ static int ls_session_upsert(store_t *base, pd_str_t user, const store_session_t
         if (live >= PD_SESSIONS_PER_USER_MAX)
             return PD_ELIMIT;
     }
-    const pd_istr_t *dev = istr_get(&st->labels, in->device, in->device_len);
-    if (!dev)
-        return PD_ENOMEM;
-
-    struct visible before, after;
-    compute(u, &before);
+    /* Fields first: they are the part that can fail (durably written), and then nothing
+     * at all has changed. */
+    struct visible before;
+    compute(st, u, &before, true);
+    bool fields_changed;
+    int rc = apply_fields(st, u, fields, &fields_changed);
+    const pd_istr_t *dev = rc ? NULL : istr_get(&st->labels, in->device, in->device_len);
+    if (!dev) {
+        release_visible(st, &before);
+        return rc ? rc : PD_ENOMEM;
+    }
     if (!s) {
         /* The user is back: every lingering session of theirs ends now, unannounced. */
         for (struct ls_session **l = &u->sessions; *l;) {
@@ -299,6 +447,7 @@ static int ls_session_upsert(store_t *base, pd_str_t user, const store_session_t
         s = calloc(1, sizeof(*s));
         if (!s) {
             istr_put(&st->labels, dev);
+            release_visible(st, &before);
             return PD_ENOMEM;
         }
         s->sid = in->sid;
@@ -312,13 +461,13 @@ static int ls_session_upsert(store_t *base, pd_str_t user, const store_session_t
     s->status = in->status;
     s->lingering = 0;
     s->touched = ++st->seq;
-    u->last_seen = pd_clock_wall(&st->clock);
-    int rc = apply_fields(st, u, fields);
+    touch_last_seen(st, u);
     pd_presence_t p;
-    finish_change(st, u, &before, &after, &p);
-    if (rc == 0 && cb)
+    const char *devs[PD_SESSIONS_PER_USER_MAX];
+    finish_change(st, u, &before, fields_changed, &p, devs);
+    if (cb)
         cb(arg, 0, &p);
-    return rc;
+    return 0;
 }
 
 static int ls_user_update(store_t *base, pd_str_t user, const store_user_fields_t *fields,
@@ -327,14 +476,20 @@ static int ls_user_update(store_t *base, pd_str_t user, const store_user_fields_
     struct ls_user *u = get_user(st, user);
     if (!u)
         return PD_ENOMEM;
-    struct visible before, after;
-    compute(u, &before);
-    int rc = apply_fields(st, u, fields);
+    struct visible before;
+    compute(st, u, &before, true);
+    bool fields_changed;
+    int rc = apply_fields(st, u, fields, &fields_changed);
+    if (rc) {
+        release_visible(st, &before);
+        return rc;
+    }
     pd_presence_t p;
-    finish_change(st, u, &before, &after, &p);
-    if (rc == 0 && cb)
+    const char *devs[PD_SESSIONS_PER_USER_MAX];
+    finish_change(st, u, &before, fields_changed, &p, devs);
+    if (cb)
         cb(arg, 0, &p);
-    return rc;
+    return 0;
 }
 
 static int ls_session_remove(store_t *base, pd_str_t user, uint64_t sid, int mode,
@@ -361,37 +516,121 @@ static int ls_session_remove(store_t *base, pd_str_t user, uint64_t sid, int mod
             others = t != s && !t->lingering;
         if (!others) {
             s->lingering = 1;
-            u->last_seen = pd_clock_wall(&st->clock);
+            touch_last_seen(st, u);
             if (cb)
                 cb(arg, 0, true);
             return 0;
         }
     }
-    struct visible before, after;
-    compute(u, &before);
+    struct visible before;
+    compute(st, u, &before, true);
     drop_session(st, u, link);
-    u->last_seen = pd_clock_wall(&st->clock);
+    /* The end of a grace window is not a sign of life: last_seen stays at the disconnect. */
+    if (mode != STORE_REMOVE_FINAL)
+        touch_last_seen(st, u);
     pd_presence_t p;
-    finish_change(st, u, &before, &after, &p);
+    const char *devs[PD_SESSIONS_PER_USER_MAX];
+    finish_change(st, u, &before, false, &p, devs);
     if (cb)
         cb(arg, 0, false);
     return 0;
 }
 
-static int ls_presence_get(store_t *base, const pd_str_t *users, size_t n, store_bulk_cb cb,
-                           void *arg) {
+/* --- Privacy --- */
+
+static bool name_eq(const hmap_node_t *n, const void *key, size_t len) {
+    const struct ls_name *x = (const struct ls_name *)n;
+    return x->len == len && memcmp(x->s, key, len) == 0;
+}
+
+static bool set_has(struct store_local *st, const hmap_t *set, pd_str_t id) {
+    return hmap_find(set, pd_hash(st->key, id.s, id.len), id.s, id.len, name_eq) != NULL;
+}
+
+static int set_add(struct store_local *st, hmap_t *set, pd_str_t id) {
+    if (set_has(st, set, id))
+        return 0;
+    struct ls_name *x = malloc(sizeof(*x) + id.len + 1);
+    if (!x)
+        return PD_ENOMEM;
+    x->len = (uint16_t)id.len;
+    memcpy(x->s, id.s, id.len);
+    x->s[id.len] = '\0';
+    hmap_insert(set, &x->node, pd_hash(st->key, id.s, id.len));
+    return 0;
+}
+
+static bool set_remove(struct store_local *st, hmap_t *set, pd_str_t id) {
+    hmap_node_t *n = hmap_find(set, pd_hash(st->key, id.s, id.len), id.s, id.len, name_eq);
+    if (!n)
+        return false;
+    hmap_remove(set, n);
+    free(n);
+    return true;
+}
+
+static void set_clear(hmap_t *set) {
+    for (hmap_node_t *n = hmap_first(set); n;) {
+        hmap_node_t *next = hmap_next(set, n);
+        hmap_remove(set, n);
+        free(n);
+        n = next;
+    }
+}
+
+static void privacy_free(struct ls_privacy *p) {
+    if (!p)
+        return;
+    set_clear(&p->contacts);
+    set_clear(&p->blocked);
+    hmap_destroy(&p->contacts);
+    hmap_destroy(&p->blocked);
+    free(p);
+}
+
+static struct ls_privacy *get_privacy(struct ls_user *u) {
+    if (u->priv)
+        return u->priv;
+    struct ls_privacy *p = calloc(1, sizeof(*p));
+    if (!p || hmap_init(&p->contacts, 16) || hmap_init(&p->blocked, 16)) {
+        if (p) {
+            hmap_destroy(&p->contacts);
+            free(p);
+        }
+        return NULL;
+    }
+    u->priv = p;
+    return p;
+}
+
+static bool may_see(struct store_local *st, const struct ls_user *t, pd_str_t requester) {
+    pd_str_t target = {t->id, t->id_len};
+    if (!t->priv)
+        return true;
+    return privacy_can_see(requester, target, t->priv->visibility,
+                           set_has(st, &t->priv->contacts, requester),
+                           set_has(st, &t->priv->blocked, requester));
+}
+
+static int ls_presence_get(store_t *base, pd_str_t requester, const pd_str_t *users, size_t n,
+                           store_bulk_cb cb, void *arg) {
     struct store_local *st = (struct store_local *)base;
     struct ls_user **found = malloc(sizeof(*found) * n + 1);
     pd_presence_t *ps = malloc(sizeof(*ps) * n + 1);
-    size_t nfound = 0, ndevs = 0;
-    if (!found || !ps)
+    pd_str_t *hidden = malloc(sizeof(*hidden) * n + 1);
+    size_t nfound = 0, nhidden = 0, ndevs = 0;
+    if (!found || !ps || !hidden)
         goto err_free;
     for (size_t i = 0; i < n; i++) {
         struct ls_user *u = find_user(st, users[i]);
-        if (u) {
-            found[nfound++] = u;
-            ndevs += u->nsessions;
+        if (!u)
+            continue;
+        if (requester.s && !may_see(st, u, requester)) {
+            hidden[nhidden++] = (pd_str_t){u->id, u->id_len};
+            continue;
         }
+        found[nfound++] = u;
+        ndevs += u->nsessions;
     }
     /* One pool for every view's device list. */
     const char **devs = malloc(sizeof(*devs) * ndevs + 1);
@@ -402,15 +641,171 @@ static int ls_presence_get(store_t *base, const pd_str_t *users, size_t n, store
         view(found[i], &ps[i], devs + off);
         off += ps[i].ndevices;
     }
-    cb(arg, 0, ps, nfound);
+    cb(arg, 0, ps, nfound, hidden, nhidden);
     free(devs);
     free(found);
     free(ps);
+    free(hidden);
     return 0;
 err_free:
     free(found);
     free(ps);
+    free(hidden);
     return PD_ENOMEM;
+}
+
+static int collect_set(const hmap_t *set, pd_str_t **out, uint32_t *n) {
+    *n = 0;
+    *out = malloc(sizeof(**out) * (set->count + 1));
+    if (!*out)
+        return PD_ENOMEM;
+    for (hmap_node_t *x = hmap_first(set); x; x = hmap_next(set, x)) {
+        const struct ls_name *nm = (const struct ls_name *)x;
+        (*out)[(*n)++] = (pd_str_t){nm->s, nm->len};
+    }
+    return 0;
+}
+
+static int cmp_pd_str(const void *a, const void *b) {
+    const pd_str_t *x = a, *y = b;
+    return cmp_id(x->s, x->len, y->s, y->len);
+}
+
+static int ls_privacy_get(store_t *base, pd_str_t user, store_privacy_cb cb, void *arg) {
+    struct store_local *st = (struct store_local *)base;
+    struct ls_user *u = find_user(st, user);
+    store_privacy_t p = {.visibility = PD_VIS_EVERYONE};
+    pd_str_t *contacts = NULL, *blocked = NULL;
+    if (u && u->priv) {
+        p.visibility = u->priv->visibility;
+        if (collect_set(&u->priv->contacts, &contacts, &p.ncontacts) ||
+            collect_set(&u->priv->blocked, &blocked, &p.nblocked)) {
+            free(contacts);
+            return PD_ENOMEM;
+        }
+        /* Sorted, so answers are stable. */
+        qsort(contacts, p.ncontacts, sizeof(*contacts), cmp_pd_str);
+        qsort(blocked, p.nblocked, sizeof(*blocked), cmp_pd_str);
+        p.contacts = contacts;
+        p.blocked = blocked;
+    }
+    cb(arg, 0, &p);
+    free(contacts);
+    free(blocked);
+    return 0;
+}
+
+static void announce_privacy(struct store_local *st, struct ls_user *u) {
+    if (st->base.listener.privacy_changed)
+        st->base.listener.privacy_changed(st->base.listener.ctx, (pd_str_t){u->id, u->id_len});
+}
+
+static int ls_privacy_change(store_t *base, pd_str_t user, int op, uint8_t visibility,
+                             pd_str_t other, uint32_t max_entries, store_done_cb cb, void *arg) {
+    struct store_local *st = (struct store_local *)base;
+    struct ls_user *u = get_user(st, user);
+    struct ls_privacy *p = u ? get_privacy(u) : NULL;
+    if (!p)
+        return PD_ENOMEM;
+    pd_str_t me = {u->id, u->id_len};
+    bool blocked_list = op == STORE_PRIV_BLOCK || op == STORE_PRIV_UNBLOCK;
+    hmap_t *set = blocked_list ? &p->blocked : &p->contacts;
+    int err = 0;
+    bool changed = false;
+    switch (op) {
+    case STORE_PRIV_VISIBILITY:
+        changed = p->visibility != visibility;
+        if (changed && st->persist)
+            err = persist_save_visibility(st->persist, me, visibility);
+        if (changed && !err)
+            p->visibility = visibility;
+        break;
+    case STORE_PRIV_ADD_CONTACT:
+    case STORE_PRIV_BLOCK:
+        if (set_has(st, set, other))
+            break;
+        if (set->count >= max_entries) {
+            err = PD_ELIMIT;
+            break;
+        }
+        if (st->persist)
+            err = persist_save_entry(st->persist, me, other, blocked_list, true);
+        if (!err)
+            err = set_add(st, set, other);
+        changed = !err;
+        break;
+    case STORE_PRIV_REMOVE_CONTACT:
+    case STORE_PRIV_UNBLOCK:
+        if (!set_has(st, set, other))
+            break;
+        if (st->persist)
+            err = persist_save_entry(st->persist, me, other, blocked_list, false);
+        if (!err)
+            changed = set_remove(st, set, other);
+        break;
+    default:
+        err = PD_EINVAL;
+    }
+    if (changed)
+        announce_privacy(st, u);
+    if (cb)
+        cb(arg, err);
+    return 0;
+}
+
+static int ls_privacy_replace(store_t *base, pd_str_t user, const store_privacy_t *np,
+                              uint32_t max_entries, store_done_cb cb, void *arg) {
+    struct store_local *st = (struct store_local *)base;
+    if (np->ncontacts > max_entries || np->nblocked > max_entries) {
+        if (cb)
+            cb(arg, PD_ELIMIT);
+        return 0;
+    }
+    struct ls_user *u = get_user(st, user);
+    if (!u)
+        return PD_ENOMEM;
+    pd_str_t me = {u->id, u->id_len};
+    if (st->persist && persist_replace_privacy(st->persist, me, np->visibility, np->contacts,
+                                               np->ncontacts, np->blocked, np->nblocked) != 0) {
+        if (cb)
+            cb(arg, PD_EIO);
+        return 0;
+    }
+    struct ls_privacy *old = u->priv;
+    u->priv = NULL;
+    struct ls_privacy *p = get_privacy(u);
+    int err = p ? 0 : PD_ENOMEM;
+    if (p) {
+        p->visibility = np->visibility;
+        for (uint32_t i = 0; !err && i < np->ncontacts; i++)
+            err = set_add(st, &p->contacts, np->contacts[i]);
+        for (uint32_t i = 0; !err && i < np->nblocked; i++)
+            err = set_add(st, &p->blocked, np->blocked[i]);
+    }
+    if (err) {
+        privacy_free(u->priv);
+        u->priv = old;
+        return err;
+    }
+    privacy_free(old);
+    announce_privacy(st, u);
+    if (cb)
+        cb(arg, 0);
+    return 0;
+}
+
+static int ls_can_see(store_t *base, pd_str_t target, const pd_str_t *requesters, size_t n,
+                      store_bits_cb cb, void *arg) {
+    struct store_local *st = (struct store_local *)base;
+    uint8_t *bits = malloc(n + 1);
+    if (!bits)
+        return PD_ENOMEM;
+    struct ls_user *t = find_user(st, target);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = !t || may_see(st, t, requesters[i]);
+    cb(arg, 0, bits);
+    free(bits);
+    return 0;
 }
 
 static int ls_watch(store_t *base, pd_str_t user) {
@@ -426,6 +821,15 @@ static void ls_unwatch(store_t *base, pd_str_t user) {
 
 static void ls_destroy(store_t *base) {
     struct store_local *st = (struct store_local *)base;
+    /* Everything still only in memory reaches the database before the process goes. */
+    for (hmap_node_t *n = hmap_first(&st->users); n; n = hmap_next(&st->users, n)) {
+        struct ls_user *u = (struct ls_user *)n;
+        if (u->sessions)
+            touch_last_seen(st, u); /* sessions still open: now is their last sign of life */
+    }
+    flush_last_seen(st);
+    wheel_cancel(st->wheel, &st->flush_timer);
+    free(st->dirty);
     hmap_node_t *n = hmap_first(&st->users);
     while (n) {
         hmap_node_t *next = hmap_next(&st->users, n);
@@ -434,6 +838,7 @@ static void ls_destroy(store_t *base) {
             drop_session(st, u, &u->sessions);
         istr_put(&st->labels, u->last_device);
         clear_expiry(u);
+        privacy_free(u->priv);
         free(u->custom_status);
         free(u->activity);
         free(u);
@@ -844,6 +1249,10 @@ static const store_ops_t local_ops = {
     .user_update = ls_user_update,
     .session_remove = ls_session_remove,
     .presence_get = ls_presence_get,
+    .privacy_get = ls_privacy_get,
+    .privacy_change = ls_privacy_change,
+    .privacy_replace = ls_privacy_replace,
+    .can_see = ls_can_see,
     .watch = ls_watch,
     .unwatch = ls_unwatch,
     .room_join = ls_room_join,
@@ -857,6 +1266,48 @@ static const store_ops_t local_ops = {
     .destroy = ls_destroy,
 };
 
+/* --- Loading from the database --- */
+
+static int load_user(void *ctx, const persist_user_t *pu) {
+    struct store_local *st = ctx;
+    if (!pd_user_id_valid(pu->id.s, pu->id.len))
+        return 0; /* not a user id this version accepts: left in the file, not loaded */
+    struct ls_user *u = get_user(st, pu->id);
+    if (!u)
+        return PD_ENOMEM;
+    u->last_seen = pu->last_seen;
+    if (pu->device && !(u->last_device = istr_get(&st->labels, pu->device, strlen(pu->device))))
+        return PD_ENOMEM;
+    if (pu->visibility != PD_VIS_EVERYONE) {
+        struct ls_privacy *p = get_privacy(u);
+        if (!p)
+            return PD_ENOMEM;
+        p->visibility = pu->visibility <= PD_VIS_NOBODY ? pu->visibility : PD_VIS_NOBODY;
+    }
+    if (pu->activity && !(u->activity = strdup(pu->activity)))
+        return PD_ENOMEM;
+    bool expired =
+        pu->custom_status_expires > 0 && pu->custom_status_expires <= pd_clock_wall(&st->clock);
+    if (pu->custom_status && !expired) {
+        if (!(u->custom_status = strdup(pu->custom_status)))
+            return PD_ENOMEM;
+        if (pu->custom_status_expires > 0 && arm_expiry(st, u, pu->custom_status_expires))
+            return PD_ENOMEM;
+    }
+    return 0;
+}
+
+static int load_entry(void *ctx, pd_str_t user, pd_str_t other, bool blocked) {
+    struct store_local *st = ctx;
+    if (!pd_user_id_valid(user.s, user.len) || !pd_user_id_valid(other.s, other.len))
+        return 0;
+    struct ls_user *u = get_user(st, user);
+    struct ls_privacy *p = u ? get_privacy(u) : NULL;
+    if (!p)
+        return PD_ENOMEM;
+    return set_add(st, blocked ? &p->blocked : &p->contacts, other);
+}
+
 store_t *store_local_new(const pd_hashkey_t *key, wheel_t *wheel, const pd_clock_t *clock) {
     struct store_local *st = calloc(1, sizeof(*st));
     if (!st)
@@ -865,6 +1316,7 @@ store_t *store_local_new(const pd_hashkey_t *key, wheel_t *wheel, const pd_clock
     st->key = key;
     st->wheel = wheel;
     st->clock = *clock;
+    wheel_timer_init(&st->flush_timer, flush_timer_fire);
     if (hmap_init(&st->users, 1024) || hmap_init(&st->rooms, 64) ||
         istr_table_init(&st->labels, key)) {
         hmap_destroy(&st->users);
@@ -872,5 +1324,17 @@ store_t *store_local_new(const pd_hashkey_t *key, wheel_t *wheel, const pd_clock
         free(st);
         return NULL;
     }
-    return st ? &st->base : NULL;
+    return &st->base;
+}
+
+int store_local_load(store_t *base, persist_t *persist, pd_log_t *log) {
+    struct store_local *st = (struct store_local *)base;
+    st->log = log;
+    persist_loader_t l = {.ctx = st, .user = load_user, .entry = load_entry};
+    int rc = persist_load(persist, &l);
+    if (rc)
+        return rc;
+    st->persist = persist; /* after loading: loading itself writes nothing back */
+    PD_INFO(log, "store", "loaded %zu users from the database", st->users.count);
+    return 0;
 }

@@ -1,5 +1,6 @@
 #include "util/jsonw.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -142,7 +143,13 @@ void jw_int(jsonw_t *w, int64_t v) {
 }
 
 void jw_time(jsonw_t *w, double seconds) {
-    char num[40];
+    /* Room for any finite double in %.3f (DBL_MAX has 309 integer digits): a smaller buffer
+     * was read past its end by put() when snprintf truncated. NaN and infinities are not JSON. */
+    char num[320];
+    if (!isfinite(seconds)) {
+        w->err = PD_EINVAL;
+        return;
+    }
     int n = snprintf(num, sizeof(num), "%.3f", seconds);
     sep(w);
     put(w, num, (size_t)n);

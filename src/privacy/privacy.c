@@ -1,0 +1,27 @@
+#include "privacy/privacy.h"
+
+#include <string.h>
+
+static const char *const names[] = {"everyone", "contacts", "nobody"};
+
+const char *privacy_visibility_name(uint8_t v) {
+    return v <= PD_VIS_NOBODY ? names[v] : "everyone";
+}
+
+int privacy_visibility_parse(const char *s, size_t len) {
+    for (int i = 0; i <= PD_VIS_NOBODY; i++)
+        if (strlen(names[i]) == len && memcmp(names[i], s, len) == 0)
+            return i;
+    return -1;
+}
+
+bool privacy_can_see(pd_str_t requester, pd_str_t target, uint8_t visibility, bool in_contacts,
+                     bool blocked) {
+    if (requester.len == target.len && memcmp(requester.s, target.s, target.len) == 0)
+        return true; /* a user always sees themselves, invisible or not */
+    if (blocked)
+        return false;
+    if (visibility == PD_VIS_EVERYONE)
+        return true;
+    return visibility == PD_VIS_CONTACTS && in_contacts;
+}

@@ -1,0 +1,297 @@
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "store/persist.h"
+#include "util/error.h"
+
+#define SCHEMA_VERSION 1
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS users ("
+    "  id TEXT PRIMARY KEY,"
+    "  visibility INTEGER NOT NULL DEFAULT 0,"
+    "  custom_status TEXT,"
+    "  custom_status_expires REAL NOT NULL DEFAULT 0,"
+    "  activity TEXT,"
+    "  last_seen REAL NOT NULL DEFAULT 0,"
+    "  device TEXT"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS privacy_entries ("
+    "  user TEXT NOT NULL,"
+    "  other TEXT NOT NULL,"
+    "  blocked INTEGER NOT NULL," /* 0: a contact of user; 1: blocked by user */
+    "  PRIMARY KEY (user, blocked, other)"
+    ") WITHOUT ROWID;";
+
+enum stmt {
+    S_FIELDS,
+    S_VISIBILITY,
+    S_ADD_ENTRY,
+    S_DEL_ENTRY,
+    S_DEL_ALL_ENTRIES,
+    S_LAST_SEEN,
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_COUNT
+};
+
+static const char *const stmt_sql[S_COUNT] = {
+    [S_FIELDS] = "INSERT INTO users (id, custom_status, custom_status_expires, activity) "
+                 "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET "
+                 "custom_status = excluded.custom_status, "
+                 "custom_status_expires = excluded.custom_status_expires, "
+                 "activity = excluded.activity",
+    [S_VISIBILITY] = "INSERT INTO users (id, visibility) VALUES (?1, ?2) "
+                     "ON CONFLICT (id) DO UPDATE SET visibility = excluded.visibility",
+    [S_ADD_ENTRY] =
+        "INSERT OR IGNORE INTO privacy_entries (user, other, blocked) VALUES (?1, ?2, ?3)",
+    [S_DEL_ENTRY] = "DELETE FROM privacy_entries WHERE user = ?1 AND other = ?2 AND blocked = ?3",
+    [S_DEL_ALL_ENTRIES] = "DELETE FROM privacy_entries WHERE user = ?1",
+    [S_LAST_SEEN] = "INSERT INTO users (id, last_seen, device) VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, "
+                    "device = excluded.device",
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+};
+
+struct persist {
+    sqlite3 *db;
+    pd_log_t *log;
+    sqlite3_stmt *st[S_COUNT];
+    char path[4096];
+};
+
+static int exec_text(sqlite3 *db, const char *sql, char *out, size_t out_size) {
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW && out) {
+        const unsigned char *t = sqlite3_column_text(s, 0);
+        snprintf(out, out_size, "%s", t ? (const char *)t : "");
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+int persist_open(const char *dir, pd_log_t *log, persist_t **out, char *err, size_t err_size) {
+    *out = NULL;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, err_size, "cannot create data directory '%s': %s", dir, strerror(errno));
+        return -1;
+    }
+    persist_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    p->log = log;
+    snprintf(p->path, sizeof(p->path), "%s/presenced.db", dir);
+    char text[256] = "";
+    if (sqlite3_open_v2(p->path, &p->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, err_size, "cannot open '%s': %s", p->path,
+                 p->db ? sqlite3_errmsg(p->db) : "out of memory");
+        goto err_close;
+    }
+    sqlite3_busy_timeout(p->db, 5000);
+    /* quick_check reads every page: a damaged file is refused here, never run on empty. */
+    if (exec_text(p->db, "PRAGMA quick_check", text, sizeof(text)) != 0 || strcmp(text, "ok")) {
+        snprintf(err, err_size,
+                 "'%s' is not a healthy SQLite database (%s); restore it from a "
+                 "backup or move it away",
+                 p->path, text[0] ? text : sqlite3_errmsg(p->db));
+        goto err_close;
+    }
+    if (exec_text(p->db, "PRAGMA journal_mode=WAL", text, sizeof(text)) != 0 ||
+        strcmp(text, "wal") != 0) {
+        snprintf(err, err_size, "cannot put '%s' in WAL mode (%s)", p->path,
+                 text[0] ? text : sqlite3_errmsg(p->db));
+        goto err_close;
+    }
+    if (exec_text(p->db, "PRAGMA synchronous=FULL", NULL, 0) != 0 ||
+        exec_text(p->db, "PRAGMA user_version", text, sizeof(text)) != 0) {
+        snprintf(err, err_size, "cannot configure '%s': %s", p->path, sqlite3_errmsg(p->db));
+        goto err_close;
+    }
+    int version = atoi(text);
+    if (version > SCHEMA_VERSION) {
+        snprintf(err, err_size, "'%s' has schema version %d, newer than this presenced (%d)",
+                 p->path, version, SCHEMA_VERSION);
+        goto err_close;
+    }
+    /* Creating the schema doubles as the write check: an unwritable file fails here. */
+    char *msg = NULL;
+    if (sqlite3_exec(p->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(p->db, "PRAGMA user_version=1", NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(p->db, "BEGIN IMMEDIATE; COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, err_size, "cannot write '%s': %s", p->path, msg ? msg : "unknown error");
+        sqlite3_free(msg);
+        goto err_close;
+    }
+    for (int i = 0; i < S_COUNT; i++) {
+        if (sqlite3_prepare_v2(p->db, stmt_sql[i], -1, &p->st[i], NULL) != SQLITE_OK) {
+            snprintf(err, err_size, "cannot prepare statements on '%s': %s", p->path,
+                     sqlite3_errmsg(p->db));
+            goto err_close;
+        }
+    }
+    *out = p;
+    return 0;
+err_close:
+    persist_close(p);
+    return -1;
+}
+
+void persist_close(persist_t *p) {
+    if (!p)
+        return;
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(p->st[i]);
+    sqlite3_close(p->db);
+    free(p);
+}
+
+static int fail_io(persist_t *p, const char *what) {
+    PD_ERROR(p->log, "persist", "%s failed on %s: %s", what, p->path, sqlite3_errmsg(p->db));
+    return PD_EIO;
+}
+
+/* Runs a prepared statement whose parameters are bound; resets it either way. */
+static int run(persist_t *p, enum stmt which, const char *what) {
+    sqlite3_stmt *s = p->st[which];
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : fail_io(p, what);
+}
+
+static void bind_str(sqlite3_stmt *s, int i, pd_str_t v) {
+    sqlite3_bind_text(s, i, v.s, (int)v.len, SQLITE_STATIC);
+}
+
+static void bind_opt(sqlite3_stmt *s, int i, const char *v) {
+    if (v)
+        sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+int persist_load(persist_t *p, const persist_loader_t *l) {
+    sqlite3_stmt *s;
+    int rc = 0;
+    if (sqlite3_prepare_v2(p->db,
+                           "SELECT id, visibility, custom_status, custom_status_expires, "
+                           "activity, last_seen, device FROM users",
+                           -1, &s, NULL) != SQLITE_OK)
+        return fail_io(p, "loading users");
+    int step;
+    while (rc == 0 && (step = sqlite3_step(s)) == SQLITE_ROW) {
+        persist_user_t u = {
+            .id = {(const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0)},
+            .visibility = (uint8_t)sqlite3_column_int(s, 1),
+            .custom_status = (const char *)sqlite3_column_text(s, 2),
+            .custom_status_expires = sqlite3_column_double(s, 3),
+            .activity = (const char *)sqlite3_column_text(s, 4),
+            .last_seen = sqlite3_column_double(s, 5),
+            .device = (const char *)sqlite3_column_text(s, 6)};
+        if (u.id.s)
+            rc = l->user(l->ctx, &u);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = fail_io(p, "loading users");
+    sqlite3_finalize(s);
+    if (rc)
+        return rc;
+    if (sqlite3_prepare_v2(p->db, "SELECT user, other, blocked FROM privacy_entries", -1, &s,
+                           NULL) != SQLITE_OK)
+        return fail_io(p, "loading contacts");
+    while (rc == 0 && (step = sqlite3_step(s)) == SQLITE_ROW) {
+        pd_str_t user = {(const char *)sqlite3_column_text(s, 0),
+                         (size_t)sqlite3_column_bytes(s, 0)};
+        pd_str_t other = {(const char *)sqlite3_column_text(s, 1),
+                          (size_t)sqlite3_column_bytes(s, 1)};
+        if (user.s && other.s)
+            rc = l->entry(l->ctx, user, other, sqlite3_column_int(s, 2) != 0);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = fail_io(p, "loading contacts");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int persist_save_fields(persist_t *p, pd_str_t user, const char *custom_status, double expires,
+                        const char *activity) {
+    sqlite3_stmt *s = p->st[S_FIELDS];
+    bind_str(s, 1, user);
+    bind_opt(s, 2, custom_status);
+    sqlite3_bind_double(s, 3, expires);
+    bind_opt(s, 4, activity);
+    return run(p, S_FIELDS, "saving a custom status");
+}
+
+int persist_save_visibility(persist_t *p, pd_str_t user, uint8_t visibility) {
+    sqlite3_stmt *s = p->st[S_VISIBILITY];
+    bind_str(s, 1, user);
+    sqlite3_bind_int(s, 2, visibility);
+    return run(p, S_VISIBILITY, "saving a visibility");
+}
+
+int persist_save_entry(persist_t *p, pd_str_t user, pd_str_t other, bool blocked, bool add) {
+    enum stmt which = add ? S_ADD_ENTRY : S_DEL_ENTRY;
+    sqlite3_stmt *s = p->st[which];
+    bind_str(s, 1, user);
+    bind_str(s, 2, other);
+    sqlite3_bind_int(s, 3, blocked ? 1 : 0);
+    return run(p, which, add ? "saving a contact or block" : "removing a contact or block");
+}
+
+int persist_begin(persist_t *p) {
+    return run(p, S_BEGIN, "beginning a transaction");
+}
+
+int persist_commit(persist_t *p) {
+    int rc = run(p, S_COMMIT, "committing");
+    if (rc)
+        run(p, S_ROLLBACK, "rolling back");
+    return rc;
+}
+
+int persist_replace_privacy(persist_t *p, pd_str_t user, uint8_t visibility,
+                            const pd_str_t *contacts, size_t ncontacts, const pd_str_t *blocked,
+                            size_t nblocked) {
+    if (persist_begin(p))
+        return PD_EIO;
+    sqlite3_stmt *s = p->st[S_DEL_ALL_ENTRIES];
+    bind_str(s, 1, user);
+    int rc = run(p, S_DEL_ALL_ENTRIES, "replacing privacy settings");
+    if (rc == 0) {
+        s = p->st[S_VISIBILITY];
+        bind_str(s, 1, user);
+        sqlite3_bind_int(s, 2, visibility);
+        rc = run(p, S_VISIBILITY, "replacing privacy settings");
+    }
+    for (size_t i = 0; rc == 0 && i < ncontacts; i++)
+        rc = persist_save_entry(p, user, contacts[i], false, true);
+    for (size_t i = 0; rc == 0 && i < nblocked; i++)
+        rc = persist_save_entry(p, user, blocked[i], true, true);
+    if (rc) {
+        run(p, S_ROLLBACK, "rolling back");
+        return rc;
+    }
+    return persist_commit(p);
+}
+
+int persist_save_last_seen(persist_t *p, pd_str_t user, double last_seen, const char *device) {
+    sqlite3_stmt *s = p->st[S_LAST_SEEN];
+    bind_str(s, 1, user);
+    sqlite3_bind_double(s, 2, last_seen);
+    bind_opt(s, 3, device);
+    return run(p, S_LAST_SEEN, "saving last_seen");
+}

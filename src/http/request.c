@@ -23,6 +23,11 @@ struct http_reqparser {
     uint32_t nheaders;
     int err_status; /* set by a callback that refused the request */
     bool in_message, headers_done, complete, last_was_value;
+    /* Where the last header value piece ended, to tell a value continued in the next feed
+     * (fine) from an obsolete folded line (refused). */
+    const char *feed_start, *feed_end, *val_end;
+    uint64_t feed_seq, val_seq;
+    bool val_at_feed_end;
     struct hdr_off hdrs[HTTP_HEADERS_MAX];
     http_request_t req;
 };
@@ -89,12 +94,26 @@ static int on_url(http_parser *hp, const char *at, size_t len) {
     return 0;
 }
 
+/* RFC 9110 section 5.6.2: a field name is a token. The http_parser Debian ships is built
+ * lenient (it lets "Name :" and "Na me:" through), so names are checked here. */
+static bool is_tchar(unsigned char c) {
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return true;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
 static int on_header_field(http_parser *hp, const char *at, size_t len) {
     struct http_reqparser *p = from(hp);
     /* After the head, fields are a chunked body's trailers: they must not be merged into the
      * header section (RFC 9110 section 6.5.2), and nothing here needs them. */
     if (p->headers_done)
         return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!is_tchar((unsigned char)at[i])) {
+            p->err_status = 400;
+            return -1;
+        }
+    }
     if (p->nheaders == 0 || p->last_was_value) {
         if (p->nheaders >= p->lim.headers_max) {
             p->err_status = 431;
@@ -121,6 +140,30 @@ static int on_header_value(http_parser *hp, const char *at, size_t len) {
     if (!p->last_was_value) {
         h->value_off = p->head_len;
         p->last_was_value = true;
+    }
+    /* A second piece of the same value that does not follow the first directly (in the same
+     * feed, or at the start of the next one after a piece that ended its feed) is a folded
+     * continuation line (obs-fold), which a server may reject (RFC 9112 section 5.2) and
+     * which hides header boundaries from other parsers: refused. */
+    if (p->last_was_value && h->value_len > 0) {
+        bool contiguous =
+            (p->val_seq == p->feed_seq && at == p->val_end) ||
+            (p->val_seq + 1 == p->feed_seq && p->val_at_feed_end && at == p->feed_start);
+        if (!contiguous) {
+            p->err_status = 400;
+            return -1;
+        }
+    }
+    p->val_seq = p->feed_seq;
+    p->val_end = at + len;
+    p->val_at_feed_end = at + len == p->feed_end;
+    /* Field values are visible characters, spaces and tabs (RFC 9110 section 5.5). */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)at[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7F) {
+            p->err_status = 400;
+            return -1;
+        }
     }
     if (head_append(p, at, len))
         return -1;
@@ -291,6 +334,9 @@ size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
         if (chunk > room)
             chunk = room;
     }
+    p->feed_seq++;
+    p->feed_start = data;
+    p->feed_end = data + chunk;
     size_t n = http_parser_execute(&p->parser, &settings, data, chunk);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->parser);
 
@@ -306,7 +352,11 @@ size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
             *status = 505;
             return n;
         }
-        if (r->version_minor >= 1 && !http_request_header(r, "Host")) {
+        /* Exactly one Host (RFC 9112 section 3.2): two could route one request two ways. */
+        unsigned hosts = 0;
+        for (uint32_t i = 0; i < r->nheaders; i++)
+            hosts += r->headers[i].name_len == 4 && strncasecmp(r->headers[i].name, "Host", 4) == 0;
+        if ((r->version_minor >= 1 && hosts == 0) || hosts > 1) {
             *status = 400;
             return n;
         }

@@ -343,6 +343,13 @@ static void conn_write(conn_t *c) {
     }
     if (c->out_head && !c->writing)
         server__mark_pending(c); /* over this iteration's budget: continue next time */
+    /* The backlog that paused reading has drained: read (and answer) again. */
+    if (c->paused && c->out_bytes <= s->cfg.out_max / 4 && c->state != CONN_DEAD && !c->reap) {
+        c->paused = 0;
+        c->resume = 1;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        server__mark_pending(c);
+    }
     conn_after_drain(c);
 }
 
@@ -589,6 +596,10 @@ static size_t http_input(conn_t *c, uint8_t *data, size_t len) {
     server_t *s = c->srv;
     size_t off = 0;
     while (off < len && c->state == CONN_HTTP && !c->reap && !c->close_after_flush) {
+        if (c->out_bytes > s->cfg.out_max / 2) {
+            c->paused = 1; /* answers are not being read: stop parsing more requests */
+            return off;
+        }
         if (c->awaiting) {
             /* Pipelined input behind a request still being answered waits its turn. */
             c->resume = 1;
@@ -678,6 +689,12 @@ static size_t ws_input(conn_t *c, uint8_t *data, size_t len) {
     size_t off = 0;
     size_t need = 0;
     while (off < len && (c->state == CONN_WS_OPEN || c->state == CONN_WS_CLOSING) && !c->reap) {
+        /* Backpressure: a client whose answers are not being written out fast enough is not
+         * read further until they are; out_max then only stops clients that never read. */
+        if (c->out_bytes > s->cfg.out_max / 2) {
+            c->paused = 1;
+            break;
+        }
         ws_event_t ev;
         uint16_t code = 0;
         int rc = ws_decode(&c->dec, data + off, len - off, &ev, &need, &code);
@@ -791,6 +808,8 @@ static void conn_process(conn_t *c, uint8_t *data, size_t len) {
         off += ws_input(c, data + off, len - off);
     if (off < len && !c->reap && c->state != CONN_DEAD && c->state != CONN_LINGER) {
         keep_input(c, data + off, len - off);
+        if (c->paused)
+            uv_read_stop((uv_stream_t *)&c->tcp);
     } else if (c->in) {
         free(c->in);
         c->in = NULL;
@@ -861,6 +880,17 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
         uint64_t due = c->last_rx + s->cfg.ws_idle_timeout_ms;
         if (due > now) {
             wheel_schedule(s->wheel, t, due); /* activity since arming: check again later */
+            break;
+        }
+        if (c->paused) {
+            /* Not read from because it does not read what it asked for: a slow consumer.
+             * Its unsent output goes; the close frame waits (close_timeout) for it to read. */
+            (*s->n.slow_consumer_closes)++;
+            queue_drop_unsent(c);
+            start_ws_close(c, WS_CLOSE_POLICY, "output queue full: client too slow",
+                           CONN_END_ERROR);
+            c->paused = 0;
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read); /* for its close frame */
             break;
         }
         (*s->n.idle_timeouts)++;

@@ -108,7 +108,8 @@ static const struct opt *find_opt(const char *name, size_t len) {
 int pd_config_parse_addr(const char *s, struct sockaddr_storage *addr) {
     char host[128];
     const char *colon;
-    if (s[0] == '[') {
+    bool v6 = s[0] == '[';
+    if (v6) {
         const char *close = strchr(s, ']');
         if (!close || close[1] != ':' || (size_t)(close - s - 1) >= sizeof(host))
             return PD_EINVAL;
@@ -116,39 +117,72 @@ int pd_config_parse_addr(const char *s, struct sockaddr_storage *addr) {
         host[close - s - 1] = '\0';
         colon = close + 1;
     } else {
-        colon = strrchr(s, ':');
-        if (!colon || (size_t)(colon - s) >= sizeof(host) || colon == s)
+        colon = strchr(s, ':');
+        /* An IPv6 address needs brackets: "::1:80" is ambiguous, so it is refused. */
+        if (!colon || strchr(colon + 1, ':') || (size_t)(colon - s) >= sizeof(host) || colon == s)
             return PD_EINVAL;
         memcpy(host, s, (size_t)(colon - s));
         host[colon - s] = '\0';
     }
-    char *end;
-    errno = 0;
-    long port = strtol(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || port < 0 || port > 65535)
+    /* The port: 1 to 5 decimal digits, nothing else (no sign, no spaces). */
+    const char *p = colon + 1;
+    size_t nd = strspn(p, "0123456789");
+    if (nd == 0 || nd > 5 || p[nd] != '\0')
+        return PD_EINVAL;
+    long port = strtol(p, NULL, 10);
+    if (port > 65535)
         return PD_EINVAL;
     memset(addr, 0, sizeof(*addr));
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)addr) == 0)
+    if (!v6 && uv_ip4_addr(host, (int)port, (struct sockaddr_in *)addr) == 0)
         return 0;
-    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)addr) == 0)
+    if (v6 && uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)addr) == 0)
         return 0;
     return PD_EINVAL;
 }
 
+/* A plain decimal: digits, optionally a '.' and more digits (no sign, exponent, hex or
+ * spaces, which strtod would take). Returns 0, the position of a suffix (> 0), or
+ * PD_EINVAL. */
 static int parse_double(const char *v, double *out) {
-    char *end;
+    size_t n = strspn(v, "0123456789");
+    if (n == 0)
+        return PD_EINVAL;
+    if (v[n] == '.') {
+        size_t f = strspn(v + n + 1, "0123456789");
+        if (f == 0)
+            return PD_EINVAL;
+        n += 1 + f;
+    }
     errno = 0;
-    double d = strtod(v, &end);
-    if (errno || end == v || !isfinite(d))
+    double d = strtod(v, NULL);
+    if (errno || !isfinite(d))
         return PD_EINVAL;
     *out = d;
-    return end[0] ? (int)(end - v) : 0; /* > 0: position of a suffix */
+    return v[n] ? (int)n : 0;
+}
+
+/* Copies v for an error message with control characters shown as '?', so the message stays
+ * one line whatever was given. */
+static const char *printable(const char *v, char *buf, size_t size) {
+    size_t i = 0;
+    for (; v[i] && i + 1 < size; i++)
+        buf[i] = (unsigned char)v[i] < 0x20 || v[i] == 0x7f ? '?' : v[i];
+    buf[i] = '\0';
+    return buf;
 }
 
 /* Sets one key from its text form; on error writes why (without the key name) to msg. */
 static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char *msg,
                      size_t msg_size) {
     char *base = (char *)cfg;
+    char shown[160];
+    const char *pv = printable(v, shown, sizeof(shown));
+    for (const char *q = v; *q; q++) {
+        if ((unsigned char)*q < 0x20 || *q == 0x7f) {
+            snprintf(msg, msg_size, "'%s' contains control characters", pv);
+            return PD_EINVAL;
+        }
+    }
     switch (o->type) {
     case OPT_STRING:
     case OPT_ADDR:
@@ -162,17 +196,17 @@ static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char 
         if (o->type == OPT_ADDR) {
             struct sockaddr_storage ss;
             if (pd_config_parse_addr(v, &ss)) {
-                snprintf(msg, msg_size, "'%s' is not HOST:PORT (e.g. 127.0.0.1:7070)", v);
+                snprintf(msg, msg_size, "'%s' is not HOST:PORT (e.g. 127.0.0.1:7070)", pv);
                 return PD_EINVAL;
             }
         } else if (o->type == OPT_PATH && v[0] != '/') {
-            snprintf(msg, msg_size, "'%s' must start with '/'", v);
+            snprintf(msg, msg_size, "'%s' must start with '/'", pv);
             return PD_EINVAL;
         } else if (o->type == OPT_LEVEL && pd_log_level_parse(v) < 0) {
-            snprintf(msg, msg_size, "'%s' is not one of debug, info, warn, error", v);
+            snprintf(msg, msg_size, "'%s' is not one of debug, info, warn, error", pv);
             return PD_EINVAL;
         } else if (o->type == OPT_FORMAT && pd_log_format_parse(v) < 0) {
-            snprintf(msg, msg_size, "'%s' is not one of text, json", v);
+            snprintf(msg, msg_size, "'%s' is not one of text, json", pv);
             return PD_EINVAL;
         }
         memcpy(base + o->off, v, strlen(v) + 1);
@@ -190,8 +224,10 @@ static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char 
             return PD_EINVAL;
         }
         list[*count] = strdup(v);
-        if (!list[*count])
+        if (!list[*count]) {
+            snprintf(msg, msg_size, "out of memory");
             return PD_ENOMEM;
+        }
         (*count)++;
         return 0;
     }
@@ -202,7 +238,7 @@ static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char 
         else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no") || !strcmp(v, "off"))
             *b = false;
         else {
-            snprintf(msg, msg_size, "'%s' is not true or false", v);
+            snprintf(msg, msg_size, "'%s' is not true or false", pv);
             return PD_EINVAL;
         }
         return 0;
@@ -213,24 +249,24 @@ static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char 
         double d;
         int rc = parse_double(v, &d);
         if (rc < 0) {
-            snprintf(msg, msg_size, "'%s' is not a number", v);
+            snprintf(msg, msg_size, "'%s' is not a number", pv);
             return PD_EINVAL;
         }
         if (rc > 0) {
             const char *suf = v + rc;
             if (o->type != OPT_BYTES || suf[1] != '\0' ||
                 (suf[0] != 'K' && suf[0] != 'M' && suf[0] != 'G')) {
-                snprintf(msg, msg_size, "'%s' has an unexpected suffix '%s'", v, suf);
+                snprintf(msg, msg_size, "'%s' has an unexpected suffix", pv);
                 return PD_EINVAL;
             }
             d *= suf[0] == 'K' ? 1024.0 : suf[0] == 'M' ? 1024.0 * 1024 : 1024.0 * 1024 * 1024;
         }
         if (o->type != OPT_SECONDS && d != floor(d)) {
-            snprintf(msg, msg_size, "'%s' is not a whole number", v);
+            snprintf(msg, msg_size, "'%s' is not a whole number", pv);
             return PD_EINVAL;
         }
         if (d < o->min || d > o->max) {
-            snprintf(msg, msg_size, "%s is out of range [%g, %g]", v, o->min, o->max);
+            snprintf(msg, msg_size, "%s is out of range [%g, %g]", pv, o->min, o->max);
             return PD_EINVAL;
         }
         uint32_t *u = (uint32_t *)(base + o->off);
@@ -259,7 +295,9 @@ int pd_config_parse_args(pd_config_t *cfg, int argc, char **argv, FILE *err) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) {
-            fprintf(err, "presenced: unexpected argument '%s' (flags start with --)\n", a);
+            char shown[160];
+            fprintf(err, "presenced: unexpected argument '%s' (flags start with --)\n",
+                    printable(a, shown, sizeof(shown)));
             return -1;
         }
         const char *name = a + 2;
@@ -267,7 +305,11 @@ int pd_config_parse_args(pd_config_t *cfg, int argc, char **argv, FILE *err) {
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const struct opt *o = find_opt(name, nlen);
         if (!o) {
-            fprintf(err, "presenced: unknown flag '--%.*s' (see --help)\n", (int)nlen, name);
+            char shown[160];
+            printable(name, shown, sizeof(shown));
+            if (nlen < sizeof(shown))
+                shown[nlen] = '\0';
+            fprintf(err, "presenced: unknown flag '--%s' (see --help)\n", shown);
             return -1;
         }
         const char *v;

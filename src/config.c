@@ -88,6 +88,11 @@ static const struct opt opts[] = {
      "directory of the embedded database (settings, contacts, blocks, last_seen)"},
     {"ephemeral", OPT_BOOL, F(ephemeral), 0, NULL, 0, 0,
      "keep everything in memory only: nothing survives a restart (tests, benchmarks)"},
+    {"static-dir", OPT_STRING, F(static_dir), 0, NULL, 0, 0,
+     "directory served at / (the demo page); default: the source tree's web/ when it exists"},
+    {"client-dir", OPT_STRING, F(client_dir), 0, NULL, 0, 0,
+     "directory served at /client/ (the JavaScript client); default: the source tree's "
+     "clients/js/src/ when it exists"},
     {"log-level", OPT_LEVEL, F(log_level), 0, "info", 0, 0, "debug, info, warn or error"},
     {"log-format", OPT_FORMAT, F(log_format), 0, "text", 0, 0, "text or json (one object a line)"},
     {"dev-auth", OPT_BOOL, F(dev_auth), 0, NULL, 0, 0,

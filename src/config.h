@@ -42,6 +42,8 @@ typedef struct pd_config {
     char token_audience[256];
     char data_dir[1024];
     bool ephemeral;
+    char static_dir[1024];
+    char client_dir[1024];
     char log_level[16];
     char log_format[16];
     bool dev_auth;

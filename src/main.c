@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "rooms/rooms.h"
 #include "http/exchange.h"
+#include "http/static.h"
 #include "log.h"
 #include "metrics.h"
 #include "server/server.h"
@@ -39,6 +40,7 @@ struct app {
     uv_timer_t wheel_timer;
     uv_signal_t sigint, sigterm;
     http_router_t router;
+    static_files_t statics;
     pd_hashkey_t hashkey;
     pd_clock_t clock;
     auth_config_t auth;
@@ -115,6 +117,36 @@ static void on_signal(uv_signal_t *h, int signum) {
     }
     PD_INFO(&a->log, "main", "%s received: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     server_shutdown(a->server, WS_CLOSE_GOING_AWAY, "server shutting down", on_shutdown_done, a);
+}
+
+/* Mounts the demo page at / and the JavaScript client at /client/. A directory given by flag
+ * must exist; the source-tree defaults are used only when they do. */
+static int mount_one(struct app *a, const char *prefix, const char *flag_dir,
+                     const char *default_dir) {
+    const char *dir = flag_dir[0] ? flag_dir : default_dir;
+    if (!dir || !dir[0])
+        return 0;
+    if (static_mount(&a->statics, prefix, dir) != 0) {
+        if (!flag_dir[0])
+            return 0; /* not run from the source tree: nothing to serve there */
+        PD_ERROR(&a->log, "main", "cannot serve '%s': not a readable directory", dir);
+        return -1;
+    }
+    PD_INFO(&a->log, "main", "serving %s at %s", a->statics.mounts[a->statics.count - 1].root,
+            prefix);
+    return 0;
+}
+
+static int setup_static(struct app *a) {
+#ifdef PD_SOURCE_DIR
+    const char *web = PD_SOURCE_DIR "/web", *client = PD_SOURCE_DIR "/clients/js/src";
+#else
+    const char *web = NULL, *client = NULL;
+#endif
+    if (mount_one(a, "/client/", a->cfg.client_dir, client) ||
+        mount_one(a, "/", a->cfg.static_dir, web))
+        return -1;
+    return static_register(&a->statics, &a->router);
 }
 
 /* Loads the token key named by the flags. 0, or -1 after printing why. */
@@ -197,6 +229,8 @@ int main(int argc, char **argv) {
     http_router_init(&a->router);
     http_router_add(&a->router, HTTP_M(HTTP_GET), "/healthz", false, handle_healthz, a);
     http_router_add(&a->router, HTTP_M(HTTP_GET), "/metrics", false, handle_metrics, a);
+    if (setup_static(a) != 0)
+        goto out;
 
     if (sodium_init() < 0) {
         PD_ERROR(&a->log, "main", "libsodium failed to initialise");

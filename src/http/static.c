@@ -1,0 +1,192 @@
+#include "http/static.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <http_parser.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http/exchange.h"
+#include "util/error.h"
+
+static const struct {
+    const char *ext, *type;
+} types[] = {
+    {".html", "text/html; charset=utf-8"},
+    {".css", "text/css; charset=utf-8"},
+    {".js", "text/javascript; charset=utf-8"},
+    {".mjs", "text/javascript; charset=utf-8"},
+    {".json", "application/json"},
+    {".map", "application/json"},
+    {".svg", "image/svg+xml"},
+    {".png", "image/png"},
+    {".jpg", "image/jpeg"},
+    {".ico", "image/x-icon"},
+    {".webp", "image/webp"},
+    {".woff2", "font/woff2"},
+    {".txt", "text/plain; charset=utf-8"},
+    {".md", "text/markdown; charset=utf-8"},
+    {".ts", "text/plain; charset=utf-8"},
+};
+
+const char *static_content_type(const char *name) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        size_t e = strlen(types[i].ext);
+        if (n > e && strcmp(name + n - e, types[i].ext) == 0)
+            return types[i].type;
+    }
+    return "application/octet-stream";
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int static_safe_path(const char *path, size_t len, char *out, size_t out_size) {
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char)path[i];
+        if (c == '%') {
+            int hi = i + 2 < len ? hexval(path[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(path[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = hi * 16 + lo;
+            i += 2;
+        }
+        if (c == 0 || c == '\\')
+            return -1;
+        if (o + 1 >= out_size)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    /* Segment by segment: no "." or "..", no empty segment but a trailing one. */
+    const char *seg = out;
+    while (*seg == '/')
+        seg++;
+    memmove(out, seg, strlen(seg) + 1);
+    for (char *s = out; *s;) {
+        char *slash = strchr(s, '/');
+        size_t sl = slash ? (size_t)(slash - s) : strlen(s);
+        if ((sl == 1 && s[0] == '.') || (sl == 2 && s[0] == '.' && s[1] == '.'))
+            return -1;
+        if (sl == 0 && slash && slash[1] != '\0')
+            return -1; /* "a//b" */
+        if (!slash)
+            break;
+        s = slash + 1;
+    }
+    return 0;
+}
+
+int static_mount(static_files_t *sf, const char *prefix, const char *dir) {
+    if (sf->count == STATIC_MOUNTS_MAX)
+        return -1;
+    static_mount_t *m = &sf->mounts[sf->count];
+    struct stat st;
+    if (!realpath(dir, m->root) || stat(m->root, &st) != 0 || !S_ISDIR(st.st_mode))
+        return -1;
+    snprintf(m->prefix, sizeof(m->prefix), "%s", prefix);
+    sf->count++;
+    return 0;
+}
+
+static void not_found(http_exchange_t *ex) {
+    http_exchange_respond(ex, 404, "text/plain; charset=utf-8", NULL, "404 Not Found\n", 14);
+}
+
+/* Resolves rel inside m: the real path, and it must stay under the mount's root. */
+static int resolve(const static_mount_t *m, const char *rel, char *real, struct stat *st) {
+    char joined[PATH_MAX];
+    int n = snprintf(joined, sizeof(joined), "%s/%s", m->root, rel);
+    if (n < 0 || (size_t)n >= sizeof(joined))
+        return -1;
+    if (!realpath(joined, real) || stat(real, st) != 0)
+        return -1;
+    size_t rl = strlen(m->root);
+    if (strncmp(real, m->root, rl) != 0 || (real[rl] != '/' && real[rl] != '\0'))
+        return -1; /* a symlink (or anything) leading out of the directory */
+    if (S_ISDIR(st->st_mode)) {
+        char index[PATH_MAX];
+        n = snprintf(index, sizeof(index), "%s/index.html", real);
+        if (n < 0 || (size_t)n >= sizeof(index) || !realpath(index, real) || stat(real, st) != 0 ||
+            strncmp(real, m->root, rl) != 0 || real[rl] != '/')
+            return -1;
+    }
+    return S_ISREG(st->st_mode) ? 0 : -1;
+}
+
+static void handle(void *ctx, http_exchange_t *ex, const http_request_t *req) {
+    static_files_t *sf = ctx;
+    const static_mount_t *best = NULL;
+    for (size_t i = 0; i < sf->count; i++) {
+        const static_mount_t *m = &sf->mounts[i];
+        size_t pl = strlen(m->prefix);
+        if (req->path_len >= pl && memcmp(req->path, m->prefix, pl) == 0 &&
+            (!best || pl > strlen(best->prefix)))
+            best = m;
+    }
+    char rel[PATH_MAX], real[PATH_MAX];
+    struct stat st;
+    size_t pl = best ? strlen(best->prefix) : 0;
+    if (!best || static_safe_path(req->path + pl, req->path_len - pl, rel, sizeof(rel)) != 0 ||
+        resolve(best, rel, real, &st) != 0 || st.st_size > STATIC_FILE_MAX) {
+        not_found(ex);
+        return;
+    }
+    char etag[64];
+    snprintf(etag, sizeof(etag), "\"%llx-%llx\"", (unsigned long long)st.st_size,
+             (unsigned long long)st.st_mtime);
+    char modified[64];
+    struct tm tm;
+    gmtime_r(&st.st_mtime, &tm);
+    strftime(modified, sizeof(modified), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    const char *type = static_content_type(real);
+    char headers[512];
+    /* The demo page runs only its own scripts and talks only to its own origin. */
+    const char *policy = strncmp(type, "text/html", 9) == 0
+                             ? "Content-Security-Policy: default-src 'self'; connect-src 'self' "
+                               "ws: wss:; img-src 'self' data:; frame-ancestors 'none'\r\n"
+                               "Referrer-Policy: no-referrer\r\n"
+                             : "";
+    snprintf(headers, sizeof(headers),
+             "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n%s", etag, modified,
+             policy);
+    const http_header_t *inm = http_request_header(req, "If-None-Match");
+    if (inm && inm->value_len == strlen(etag) && memcmp(inm->value, etag, inm->value_len) == 0) {
+        http_exchange_respond(ex, 304, NULL, headers, NULL, 0);
+        return;
+    }
+    int fd = open(real, O_RDONLY | O_CLOEXEC);
+    char *body = fd >= 0 ? malloc((size_t)st.st_size + 1) : NULL;
+    ssize_t got = body ? read(fd, body, (size_t)st.st_size) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (got != st.st_size) {
+        free(body);
+        http_exchange_respond(ex, 500, "text/plain; charset=utf-8", NULL, "read failed\n", 12);
+        return;
+    }
+    http_exchange_respond(ex, 200, type, headers, body, (size_t)got);
+    free(body);
+}
+
+int static_register(static_files_t *sf, http_router_t *router) {
+    for (size_t i = 0; i < sf->count; i++)
+        if (http_router_add(router, HTTP_M(HTTP_GET), sf->mounts[i].prefix, true, handle, sf))
+            return PD_ELIMIT;
+    return 0;
+}

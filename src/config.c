@@ -1,6 +1,8 @@
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <ini.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -97,6 +99,10 @@ static const struct opt opts[] = {
     {"log-format", OPT_FORMAT, F(log_format), 0, "text", 0, 0, "text or json (one object a line)"},
     {"dev-auth", OPT_BOOL, F(dev_auth), 0, NULL, 0, 0,
      "development only: trust ?user=ID in the WebSocket URL as the identity"},
+    {"config", OPT_STRING, F(config), 0, NULL, 0, 0,
+     "INI file of settings (key = value, keys as these flags without --)"},
+    {"check-config", OPT_BOOL, F(check_config), 0, NULL, 0, 0,
+     "check the configuration (values, key files, data directory) and exit"},
     {"help", OPT_BOOL, F(help), 0, NULL, 0, 0, "print this help and exit"},
     {"version", OPT_BOOL, F(version), 0, NULL, 0, 0, "print the version and exit"},
 };
@@ -176,9 +182,27 @@ static const char *printable(const char *v, char *buf, size_t size) {
     return buf;
 }
 
-/* Sets one key from its text form; on error writes why (without the key name) to msg. */
+/* Sets one key from its text form, given by source (enum pd_config_source); on error writes
+ * why (without the key name) to msg. A repeatable key given by a source replaces the values
+ * of lower-precedence sources. */
+static int set_value_from(pd_config_t *cfg, const struct opt *o, const char *v, int source,
+                          char *msg, size_t msg_size);
+
 static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char *msg,
                      size_t msg_size) {
+    return set_value_from(cfg, o, v, PD_CONFIG_FLAG, msg, msg_size);
+}
+
+/* The position of a repeatable key among the repeatable keys of the table. */
+static size_t list_index(const struct opt *o) {
+    size_t k = 0;
+    for (const struct opt *p = opts; p < o; p++)
+        k += p->type == OPT_LIST;
+    return k < PD_CONFIG_LISTS ? k : PD_CONFIG_LISTS - 1;
+}
+
+static int set_value_from(pd_config_t *cfg, const struct opt *o, const char *v, int source,
+                          char *msg, size_t msg_size) {
     char *base = (char *)cfg;
     char shown[160];
     const char *pv = printable(v, shown, sizeof(shown));
@@ -220,6 +244,13 @@ static int set_value(pd_config_t *cfg, const struct opt *o, const char *v, char 
     case OPT_LIST: {
         uint32_t *count = (uint32_t *)(base + o->count_off);
         char **list = (char **)(base + o->off);
+        uint8_t *src = &cfg->list_source[list_index(o)];
+        if (*src != source) {
+            for (uint32_t i = 0; i < *count; i++)
+                free(list[i]);
+            *count = 0;
+            *src = (uint8_t)source;
+        }
         if (*count >= PD_CONFIG_LIST_MAX) {
             snprintf(msg, msg_size, "given more than %d times", PD_CONFIG_LIST_MAX);
             return PD_EINVAL;
@@ -337,11 +368,137 @@ int pd_config_parse_args(pd_config_t *cfg, int argc, char **argv, FILE *err) {
     return 0;
 }
 
+const char *pd_config_file(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--config=", 9) == 0)
+            return argv[i] + 9;
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            return argv[i + 1];
+    }
+    return NULL;
+}
+
+struct file_ctx {
+    pd_config_t *cfg;
+    char msg[384]; /* the first error */
+};
+
+static int on_ini(void *user, const char *section, const char *name, const char *value) {
+    struct file_ctx *fc = user;
+    char shown[160];
+    if (section[0] && strcmp(section, "presenced") != 0) {
+        if (!fc->msg[0])
+            snprintf(fc->msg, sizeof(fc->msg),
+                     "unknown section [%s] (keys go before any "
+                     "section, or under [presenced])",
+                     printable(section, shown, sizeof(shown)));
+        return 0;
+    }
+    const struct opt *o = find_opt(name, strlen(name));
+    if (!o || strcmp(name, "config") == 0 || strcmp(name, "help") == 0 ||
+        strcmp(name, "version") == 0 || strcmp(name, "check-config") == 0) {
+        if (!fc->msg[0])
+            snprintf(fc->msg, sizeof(fc->msg), "unknown key '%s'",
+                     printable(name, shown, sizeof(shown)));
+        return 0;
+    }
+    char why[256];
+    if (set_value_from(fc->cfg, o, value, PD_CONFIG_FILE, why, sizeof(why)) != 0) {
+        if (!fc->msg[0])
+            snprintf(fc->msg, sizeof(fc->msg), "invalid value for '%s': %s", o->name, why);
+        return 0;
+    }
+    return 1;
+}
+
+int pd_config_parse_file(pd_config_t *cfg, const char *path, FILE *err) {
+    struct file_ctx fc = {.cfg = cfg};
+    int line = ini_parse(path, on_ini, &fc);
+    if (line == 0)
+        return 0;
+    if (line < 0)
+        fprintf(err, "presenced: cannot read config file '%s': %s\n", path,
+                line == -1 ? strerror(errno) : "out of memory");
+    else
+        fprintf(err, "presenced: config file '%s' line %d: %s\n", path, line,
+                fc.msg[0] ? fc.msg : "not a key = value line");
+    return -1;
+}
+
+int pd_config_parse_env(pd_config_t *cfg, char **envp, FILE *err) {
+    static const char prefix[] = "PRESENCED_";
+    for (char **e = envp; e && *e; e++) {
+        if (strncmp(*e, prefix, sizeof(prefix) - 1) != 0)
+            continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq)
+            continue;
+        /* PRESENCED_HEARTBEAT_TTL names the key heartbeat-ttl. */
+        char name[64];
+        size_t n = (size_t)(eq - *e) - (sizeof(prefix) - 1);
+        if (n == 0 || n >= sizeof(name))
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            char c = (*e)[sizeof(prefix) - 1 + i];
+            name[i] = c == '_' ? '-' : (char)tolower((unsigned char)c);
+        }
+        name[n] = '\0';
+        const struct opt *o = find_opt(name, n);
+        if (!o || strcmp(name, "help") == 0 || strcmp(name, "version") == 0) {
+            /* Not an error: the variable may belong to something else (a test harness, a
+             * wrapper script); but a typo should not pass unseen. */
+            fprintf(err,
+                    "presenced: warning: environment variable %.*s is not a setting; "
+                    "ignored\n",
+                    (int)(eq - *e), *e);
+            continue;
+        }
+        const char *v = eq + 1;
+        if (o->type == OPT_LIST) {
+            /* Repeatable keys take a comma-separated list here. */
+            char buf[2048];
+            snprintf(buf, sizeof(buf), "%s", v);
+            for (char *save = NULL, *item = strtok_r(buf, ",", &save); item;
+                 item = strtok_r(NULL, ",", &save)) {
+                char why[256];
+                while (*item == ' ')
+                    item++;
+                if (set_value_from(cfg, o, item, PD_CONFIG_ENV, why, sizeof(why))) {
+                    fprintf(err, "presenced: invalid value in environment %.*s: %s\n",
+                            (int)(eq - *e), *e, why);
+                    return -1;
+                }
+            }
+            continue;
+        }
+        char why[256];
+        if (set_value_from(cfg, o, v, PD_CONFIG_ENV, why, sizeof(why))) {
+            fprintf(err, "presenced: invalid value in environment %.*s: %s\n", (int)(eq - *e), *e,
+                    why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int pd_config_load(pd_config_t *cfg, int argc, char **argv, char **envp, FILE *err) {
+    pd_config_defaults(cfg);
+    const char *file = pd_config_file(argc, argv);
+    if (file && pd_config_parse_file(cfg, file, err))
+        return -1;
+    if (pd_config_parse_env(cfg, envp, err))
+        return -1;
+    return pd_config_parse_args(cfg, argc, argv, err);
+}
+
 void pd_config_usage(FILE *out, const char *prog) {
     fprintf(out,
             "Usage: %s [--flag VALUE]...\n\n"
             "presenced: a real-time presence server (who is online, away, busy, in which room).\n"
-            "Durations are in seconds (fractions allowed); sizes take K, M or G.\n\nFlags:\n",
+            "Durations are in seconds (fractions allowed); sizes take K, M or G.\n"
+            "Every flag is also a key of the --config file (key = value) and an environment\n"
+            "variable (--heartbeat-ttl: PRESENCED_HEARTBEAT_TTL). Precedence, lowest first:\n"
+            "defaults, the config file, the environment, the command line.\n\nFlags:\n",
             prog);
     for (size_t i = 0; i < NOPTS; i++) {
         const struct opt *o = &opts[i];

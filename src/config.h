@@ -13,6 +13,10 @@
 #include <stdio.h>
 
 #define PD_CONFIG_LIST_MAX 32 /* values of a repeatable key */
+#define PD_CONFIG_LISTS    4  /* repeatable keys (tracked by the source that set them) */
+
+/* Where a value came from, lowest precedence first. */
+enum pd_config_source { PD_CONFIG_DEFAULT, PD_CONFIG_FILE, PD_CONFIG_ENV, PD_CONFIG_FLAG };
 
 typedef struct pd_config {
     char listen[128]; /* ADDR:PORT */
@@ -47,6 +51,9 @@ typedef struct pd_config {
     char log_level[16];
     char log_format[16];
     bool dev_auth;
+    char config[1024]; /* the config file read, when one was given */
+    bool check_config;
+    uint8_t list_source[PD_CONFIG_LISTS]; /* enum pd_config_source of each list's values */
     bool help;
     bool version;
 } pd_config_t;
@@ -60,6 +67,23 @@ void pd_config_free(pd_config_t *cfg);
 /* Parses argv (argv[0] is skipped). Returns 0, or -1 after writing a one-line error that
  * names the flag to err. */
 int pd_config_parse_args(pd_config_t *cfg, int argc, char **argv, FILE *err);
+
+/* The --config file named in argv, or NULL. */
+const char *pd_config_file(int argc, char **argv);
+
+/* Reads an INI file of key = value lines (keys are the flags' names; no section, or
+ * [presenced]). Unknown keys and bad values are errors naming the file, line and key.
+ * 0, or -1 after writing the error to err. */
+int pd_config_parse_file(pd_config_t *cfg, const char *path, FILE *err);
+
+/* Applies PRESENCED_* environment variables (PRESENCED_HEARTBEAT_TTL for heartbeat-ttl;
+ * repeatable keys as comma-separated lists). A bad value is an error naming the variable; a
+ * PRESENCED_ variable that names no setting is reported as a warning and ignored. */
+int pd_config_parse_env(pd_config_t *cfg, char **envp, FILE *err);
+
+/* Everything, in order of precedence: defaults, the --config file, the environment, the
+ * command line. 0, or -1 after writing the error to err. */
+int pd_config_load(pd_config_t *cfg, int argc, char **argv, char **envp, FILE *err);
 
 /* Writes the usage text with every flag, its default and its meaning. */
 void pd_config_usage(FILE *out, const char *prog);

@@ -1,10 +1,12 @@
 /* presenced: flags, wiring and the loop. The only place with process-wide state. */
 #include <http_parser.h>
+#include <errno.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "auth/token.h"
@@ -53,6 +55,10 @@ struct app {
     const char *origins[PD_CONFIG_LIST_MAX];
     int signals;
 };
+
+static int build_server_config(struct app *a, server_config_t *sc);
+static int setup_auth(struct app *a);
+static int setup_static(struct app *a);
 
 static uint64_t clock_mono(void *ctx) {
     return uv_now(ctx);
@@ -176,6 +182,38 @@ static int setup_auth(struct app *a) {
     return 0;
 }
 
+/* --check-config: everything start-up would check, short of listening and opening the
+ * database: values (already parsed), the token key, static directories, the data
+ * directory's access. */
+static int check_config(struct app *a) {
+    a->log.level = PD_LOG_WARN;
+    server_config_t sc;
+    if (build_server_config(a, &sc) || setup_auth(a) != 0 || setup_static(a) != 0) {
+        auth_config_free(&a->auth);
+        return 2;
+    }
+    auth_config_free(&a->auth);
+    if (!a->cfg.ephemeral) {
+        char parent[1024];
+        snprintf(parent, sizeof(parent), "%s", a->cfg.data_dir);
+        char *slash = strrchr(parent, '/');
+        const char *probe = access(a->cfg.data_dir, F_OK) == 0 ? a->cfg.data_dir
+                            : slash && slash != parent         ? (*slash = '\0', parent)
+                            : slash                            ? "/"
+                                                               : ".";
+        if (access(probe, W_OK | X_OK) != 0) {
+            fprintf(stderr, "presenced: data directory '%s' is not writable (%s: %s)\n",
+                    a->cfg.data_dir, probe, strerror(errno));
+            return 2;
+        }
+    }
+    if (a->cfg.config[0])
+        printf("presenced: configuration OK (%s)\n", a->cfg.config);
+    else
+        printf("presenced: configuration OK\n");
+    return 0;
+}
+
 static int build_server_config(struct app *a, server_config_t *sc) {
     server_config_default(sc);
     if (pd_config_parse_addr(a->cfg.listen, &sc->listen_addr))
@@ -200,8 +238,7 @@ int main(int argc, char **argv) {
     struct app *a = &app;
     int exit_code = 1;
 
-    pd_config_defaults(&a->cfg);
-    if (pd_config_parse_args(&a->cfg, argc, argv, stderr))
+    if (pd_config_load(&a->cfg, argc, argv, environ, stderr))
         return 2;
     if (a->cfg.help) {
         pd_config_usage(stdout, "presenced");
@@ -214,6 +251,8 @@ int main(int argc, char **argv) {
     pd_log_init(&a->log);
     a->log.level = pd_log_level_parse(a->cfg.log_level);
     a->log.format = pd_log_format_parse(a->cfg.log_format);
+    if (a->cfg.check_config)
+        return check_config(a);
 
     signal(SIGPIPE, SIG_IGN);
     a->loop = uv_default_loop();

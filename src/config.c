@@ -95,6 +95,10 @@ static const struct opt opts[] = {
     {"client-dir", OPT_STRING, F(client_dir), 0, NULL, 0, 0,
      "directory served at /client/ (the JavaScript client); default: the source tree's "
      "clients/js/src/ when it exists"},
+    {"api-keys-file", OPT_STRING, F(api_keys_file), 0, NULL, 0, 0,
+     "file of HTTP API keys, one a line (at least 16 characters); the /v1/ API is off without"},
+    {"sse-keepalive", OPT_SECONDS, F(sse_keepalive), 0, "15", 1, 3600,
+     "seconds between keep-alive comments on /v1/events streams"},
     {"log-level", OPT_LEVEL, F(log_level), 0, "info", 0, 0, "debug, info, warn or error"},
     {"log-format", OPT_FORMAT, F(log_format), 0, "text", 0, 0, "text or json (one object a line)"},
     {"dev-auth", OPT_BOOL, F(dev_auth), 0, NULL, 0, 0,

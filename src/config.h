@@ -48,6 +48,8 @@ typedef struct pd_config {
     bool ephemeral;
     char static_dir[1024];
     char client_dir[1024];
+    char api_keys_file[1024];
+    uint32_t sse_keepalive; /* ms */
     char log_level[16];
     char log_format[16];
     bool dev_auth;

@@ -14,6 +14,8 @@
 #include "dispatch/dispatch.h"
 #include "engine/engine.h"
 #include "rooms/rooms.h"
+#include "events/events.h"
+#include "http/api.h"
 #include "http/exchange.h"
 #include "http/static.h"
 #include "log.h"
@@ -50,6 +52,11 @@ struct app {
     store_t *store;
     engine_t *engine;
     rooms_t *rooms;
+    events_t events;
+    api_t *api;
+    uv_timer_t drain_timer;
+    bool draining; /* SIGTERM: connections closed with 1012, waiting out the grace window */
+    bool stopping; /* any shutdown begun: /readyz says 503 */
     dispatch_t *dispatch;
     server_t *server;
     const char *origins[PD_CONFIG_LIST_MAX];
@@ -103,26 +110,70 @@ static void close_walk(uv_handle_t *h, void *arg) {
         uv_close(h, NULL);
 }
 
-static void on_shutdown_done(void *arg) {
-    struct app *a = arg;
-    PD_INFO(&a->log, "main", "all connections closed; exiting");
-    /* No reconnect can reach this node any more: grace windows end now. */
+static void exit_now(struct app *a) {
+    /* Grace windows still open end now: the users they keep go offline (and last_seen is
+     * written) before the process goes. */
     rooms_flush_lingering(a->rooms);
     engine_flush_lingering(a->engine);
     uv_timer_stop(&a->wheel_timer);
+    uv_timer_stop(&a->drain_timer);
     server_close(a->server);
     uv_walk(a->loop, close_walk, NULL);
+}
+
+static void on_drained(uv_timer_t *t) {
+    struct app *a = t->data;
+    PD_INFO(&a->log, "main", "grace window over; exiting");
+    exit_now(a);
+}
+
+static void on_shutdown_done(void *arg) {
+    struct app *a = arg;
+    if (a->draining && a->cfg.offline_grace > 0) {
+        /* Clients were told to reconnect (1012), maybe to another node: their presence is
+         * kept through the grace window, as for any disconnect, and only then ends. */
+        PD_INFO(&a->log, "main",
+                "all connections closed; keeping presence for the %.1f s grace "
+                "window",
+                a->cfg.offline_grace / 1000.0);
+        uv_timer_start(&a->drain_timer, on_drained, a->cfg.offline_grace + WHEEL_TICK_MS * 3, 0);
+        return;
+    }
+    PD_INFO(&a->log, "main", "all connections closed; exiting");
+    exit_now(a);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
     struct app *a = h->data;
     if (++a->signals > 1) {
         PD_WARN(&a->log, "main", "second signal: closing everything now");
-        on_shutdown_done(a);
+        exit_now(a);
         return;
     }
-    PD_INFO(&a->log, "main", "%s received: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    a->stopping = true;
+    if (a->api)
+        api_close_streams(a->api);
+    if (signum == SIGTERM) {
+        /* A drain (deploys, restarts): clients reconnect elsewhere without a flap. */
+        a->draining = true;
+        PD_INFO(&a->log, "main", "SIGTERM received: draining (clients asked to reconnect, 1012)");
+        server_shutdown(a->server, WS_CLOSE_RESTART, "server restarting: reconnect",
+                        on_shutdown_done, a);
+        return;
+    }
+    PD_INFO(&a->log, "main", "SIGINT received: shutting down");
     server_shutdown(a->server, WS_CLOSE_GOING_AWAY, "server shutting down", on_shutdown_done, a);
+}
+
+static void handle_readyz(void *ctx, http_exchange_t *ex, const http_request_t *req) {
+    struct app *a = ctx;
+    (void)req;
+    if (a->stopping)
+        http_exchange_respond(ex, 503, "text/plain; charset=utf-8", "Cache-Control: no-store\r\n",
+                              "draining\n", 9);
+    else
+        http_exchange_respond(ex, 200, "text/plain; charset=utf-8", "Cache-Control: no-store\r\n",
+                              "ready\n", 6);
 }
 
 /* Mounts the demo page at / and the JavaScript client at /client/. A directory given by flag
@@ -263,13 +314,14 @@ int main(int argc, char **argv) {
     }
     uv_timer_init(a->loop, &a->wheel_timer);
     a->wheel_timer.data = a;
+    uv_timer_init(a->loop, &a->drain_timer);
+    a->drain_timer.data = a;
     uv_timer_start(&a->wheel_timer, on_wheel_tick, WHEEL_TICK_MS, WHEEL_TICK_MS);
 
     http_router_init(&a->router);
     http_router_add(&a->router, HTTP_M(HTTP_GET), "/healthz", false, handle_healthz, a);
     http_router_add(&a->router, HTTP_M(HTTP_GET), "/metrics", false, handle_metrics, a);
-    if (setup_static(a) != 0)
-        goto out;
+    http_router_add(&a->router, HTTP_M(HTTP_GET), "/readyz", false, handle_readyz, a);
 
     if (sodium_init() < 0) {
         PD_ERROR(&a->log, "main", "libsodium failed to initialise");
@@ -333,6 +385,26 @@ int main(int argc, char **argv) {
         PD_ERROR(&a->log, "main", "out of memory");
         goto out;
     }
+    events_init(&a->events);
+    engine_set_events(a->engine, &a->events);
+    rooms_set_events(a->rooms, &a->events);
+    if (a->cfg.api_keys_file[0]) {
+        api_config_t ac = {.keys_file = a->cfg.api_keys_file,
+                           .max_ids = a->cfg.max_ids,
+                           .sse_keepalive_ms = a->cfg.sse_keepalive,
+                           .kick_code = 4002};
+        a->api = api_new(&ac, a->engine, a->rooms, &a->events, &a->wheel, &a->clock, &a->log,
+                         a->metrics, stderr);
+        if (!a->api) {
+            exit_code = 2;
+            goto out;
+        }
+        api_register(a->api, &a->router);
+        PD_INFO(&a->log, "main", "HTTP API at /v1/ (keys from %s)", a->cfg.api_keys_file);
+    }
+    /* Last: the demo page's mount at / takes whatever the routes above do not. */
+    if (setup_static(a) != 0)
+        goto out;
     if (a->cfg.dev_auth)
         PD_WARN(&a->log, "main",
                 "DEVELOPMENT AUTH IS ON: anyone can connect as any user with ?user=ID. "
@@ -377,6 +449,7 @@ out:
         uv_walk(a->loop, close_walk, NULL);
         uv_run(a->loop, UV_RUN_DEFAULT);
     }
+    api_free(a->api);
     dispatch_free(a->dispatch);
     rooms_free(a->rooms);
     engine_free(a->engine);

@@ -137,6 +137,10 @@ static void engine_error(dispatch_t *d, conn_t *c, const proto_id_t *id, int typ
         send_error(d, c, id, PROTO_E_NOT_MEMBER, "the connection has not joined this channel");
     } else if (err == PD_EFULL) {
         send_error(d, c, id, PROTO_E_ROOM_FULL, "the channel has as many members as allowed");
+    } else if (err == PD_ETOOBIG && type == PROTO_JOIN) {
+        snprintf(msg, sizeof(msg), "the user already has %d connections in this channel",
+                 PD_SESSIONS_PER_USER_MAX);
+        send_error(d, c, id, PROTO_E_SESSION_LIMIT, msg);
     } else if (err == PD_ELIMIT && type == PROTO_JOIN) {
         send_error(d, c, id, PROTO_E_ROOM_LIMIT,
                    "the connection is in as many channels as allowed");

@@ -74,6 +74,7 @@ struct engine {
     engine_client_ops_t ops;
     engine_codec_t codec;
     pd_log_t *log;
+    events_t *events; /* backends' feed: the SSE streams, webhooks */
     hmap_t users;
     hmap_t subs;
     istr_table_t labels;
@@ -221,6 +222,11 @@ static void remove_sub(engine_t *e, struct sub *s) {
 static void on_presence_changed(void *ctx, const pd_presence_t *p) {
     engine_t *e = ctx;
     (*e->n.changes)++;
+    pd_str_t uid = {p->user_id, p->user_id_len};
+    events_publish(e->events, &(pd_event_t){.kind = PD_EV_PRESENCE,
+                                            .prev_status = p->prev_status,
+                                            .user = uid,
+                                            .presence = p});
     struct euser *u = find_user(e, (pd_str_t){p->user_id, p->user_id_len});
     if (!u || !u->watchers)
         return;
@@ -965,6 +971,10 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
     return e;
 }
 
+void engine_set_events(engine_t *e, events_t *events) {
+    e->events = events;
+}
+
 void engine_free(engine_t *e) {
     if (!e)
         return;
@@ -997,4 +1007,171 @@ void engine_free(engine_t *e) {
     if (e->labels.map.buckets)
         istr_table_destroy(&e->labels);
     free(e);
+}
+
+/* --- Backend calls --- */
+
+struct breq {
+    engine_t *e;
+    engine_bulk_cb bulk;
+    engine_done_cb done;
+    engine_privacy_cb privacy;
+    engine_explain_cb explain;
+    pd_str_t user; /* owned copy (explain) */
+    void *arg;
+};
+
+static struct breq *breq_new(engine_t *e, void *arg) {
+    struct breq *b = calloc(1, sizeof(*b));
+    if (b) {
+        b->e = e;
+        b->arg = arg;
+    }
+    return b;
+}
+
+static void bulk_done(void *arg, int err, const pd_presence_t *ps, size_t n, const pd_str_t *hidden,
+                      size_t nhidden) {
+    (void)hidden;
+    (void)nhidden;
+    struct breq *b = arg;
+    pd_presence_t *view = !err && n ? malloc(n * sizeof(*view)) : NULL;
+    if (!err && n && !view)
+        err = PD_ENOMEM;
+    for (size_t i = 0; view && i < n; i++) {
+        view[i] = ps[i];
+        if (view[i].status != PD_OFFLINE)
+            view[i].last_seen = local_last_seen(b->e, &ps[i]);
+    }
+    b->bulk(b->arg, err, view, err ? 0 : n);
+    free(view);
+    free(b);
+}
+
+int engine_query(engine_t *e, pd_str_t requester, const pd_str_t *ids, size_t n, engine_bulk_cb cb,
+                 void *arg) {
+    pd_str_t *uniq = malloc(sizeof(*uniq) * (n ? n : 1));
+    struct breq *b = uniq ? breq_new(e, arg) : NULL;
+    if (!b) {
+        free(uniq);
+        return PD_ENOMEM;
+    }
+    b->bulk = cb;
+    n = unique_ids(ids, n, uniq);
+    int rc = store_presence_get(e->store, requester, uniq, n, bulk_done, b);
+    if (rc)
+        free(b);
+    free(uniq);
+    return rc;
+}
+
+static void breq_presence_done(void *arg, int err, const pd_presence_t *p) {
+    (void)p;
+    struct breq *b = arg;
+    b->done(b->arg, err);
+    free(b);
+}
+
+int engine_server_update(engine_t *e, pd_str_t user, const store_user_fields_t *f,
+                         engine_done_cb cb, void *arg) {
+    struct breq *b = breq_new(e, arg);
+    if (!b)
+        return PD_ENOMEM;
+    b->done = cb;
+    int rc = store_user_update(e->store, user, f, breq_presence_done, b);
+    if (rc)
+        free(b);
+    return rc;
+}
+
+static void breq_privacy_done(void *arg, int err, const store_privacy_t *p) {
+    struct breq *b = arg;
+    b->privacy(b->arg, err, p);
+    free(b);
+}
+
+int engine_privacy_of(engine_t *e, pd_str_t user, engine_privacy_cb cb, void *arg) {
+    struct breq *b = breq_new(e, arg);
+    if (!b)
+        return PD_ENOMEM;
+    b->privacy = cb;
+    int rc = store_privacy_get(e->store, user, breq_privacy_done, b);
+    if (rc)
+        free(b);
+    return rc;
+}
+
+static void breq_done(void *arg, int err) {
+    struct breq *b = arg;
+    b->done(b->arg, err);
+    free(b);
+}
+
+int engine_privacy_set(engine_t *e, pd_str_t user, const store_privacy_t *p, engine_done_cb cb,
+                       void *arg) {
+    struct breq *b = breq_new(e, arg);
+    if (!b)
+        return PD_ENOMEM;
+    b->done = cb;
+    int rc = store_privacy_replace(e->store, user, p, e->cfg.max_contacts, breq_done, b);
+    if (rc)
+        free(b);
+    return rc;
+}
+
+uint32_t engine_kick(engine_t *e, pd_str_t user, uint16_t code, const char *reason) {
+    struct euser *u = find_user(e, user);
+    uint32_t n = 0;
+    for (session_t *s = u ? u->sessions : NULL; s; s = s->u_next) {
+        if (s->client && !s->closed) {
+            /* The close completes later (on_close from the server's flush): nothing is
+             * freed under this loop. */
+            e->ops.close(s->client, code, reason);
+            n++;
+        }
+    }
+    return n;
+}
+
+static void explain_done(void *arg, int err, const store_explain_t *x) {
+    struct breq *b = arg;
+    engine_t *e = b->e;
+    double liveness[PD_SESSIONS_PER_USER_MAX] = {0};
+    struct euser *u = err ? NULL : find_user(e, b->user);
+    uint64_t now = now_ms(e);
+    double wall = pd_clock_wall(&e->clock);
+    for (size_t i = 0; u && i < x->nsessions && i < PD_SESSIONS_PER_USER_MAX; i++) {
+        for (session_t *s = u->sessions; s; s = s->u_next) {
+            if (s->sid == x->sessions[i].sid && s->client &&
+                strcmp(x->sessions[i].node, "local") == 0) {
+                uint64_t rx = e->ops.last_rx_ms(s->client);
+                liveness[i] = wall - (double)(now > rx ? now - rx : 0) / 1000.0;
+            }
+        }
+    }
+    b->explain(b->arg, err, x, liveness);
+    free((char *)b->user.s);
+    free(b);
+}
+
+int engine_explain(engine_t *e, pd_str_t user, engine_explain_cb cb, void *arg) {
+    struct breq *b = breq_new(e, arg);
+    char *copy = b ? malloc(user.len + 1) : NULL;
+    if (!copy) {
+        free(b);
+        return PD_ENOMEM;
+    }
+    memcpy(copy, user.s, user.len);
+    b->user = (pd_str_t){copy, user.len};
+    b->explain = cb;
+    int rc = store_explain(e->store, user, explain_done, b);
+    if (rc) {
+        free(copy);
+        free(b);
+    }
+    return rc;
+}
+
+int engine_can_see(engine_t *e, pd_str_t requester, pd_str_t target, store_bits_cb cb, void *arg) {
+    return store_can_see(e->store, target, &requester, 1, cb, arg);
 }

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "events/events.h"
 #include "log.h"
 #include "metrics.h"
 #include "presence/presence.h"
@@ -68,6 +69,9 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
                      const pd_clock_t *clock, const pd_hashkey_t *key,
                      const engine_client_ops_t *ops, const engine_codec_t *codec, pd_log_t *log,
                      pd_metrics_t *metrics);
+
+/* Publishes every presence change the store announces to events (may be NULL). */
+void engine_set_events(engine_t *e, events_t *events);
 
 /* Frees the engine; every session must be closed first (lingering ones are dropped). */
 void engine_free(engine_t *e);
@@ -149,6 +153,37 @@ int engine_privacy_get(session_t *s, engine_privacy_cb done, void *arg);
  * loses permission gets a bare offline, one that gains it the current presence. */
 int engine_privacy_change(session_t *s, int op, uint8_t visibility, pd_str_t other,
                           engine_done_cb done, void *arg);
+
+/* --- Backend calls (the HTTP API): no session; each answers through its callback (now or
+ * later) unless it returns an error. --- */
+
+typedef void (*engine_bulk_cb)(void *arg, int err, const pd_presence_t *ps, size_t n);
+
+/* The presences of ids (duplicates once, unknown users left out), filtered by the privacy
+ * rule for requester when requester.s is set. */
+int engine_query(engine_t *e, pd_str_t requester, const pd_str_t *ids, size_t n, engine_bulk_cb cb,
+                 void *arg);
+
+/* A backend sets user-level fields and its own status claim for user. */
+int engine_server_update(engine_t *e, pd_str_t user, const store_user_fields_t *f,
+                         engine_done_cb cb, void *arg);
+
+/* Any user's privacy settings, read or replaced as a whole. */
+int engine_privacy_of(engine_t *e, pd_str_t user, engine_privacy_cb cb, void *arg);
+int engine_privacy_set(engine_t *e, pd_str_t user, const store_privacy_t *p, engine_done_cb cb,
+                       void *arg);
+
+/* Whether requester may see target (the privacy rule); bits[0] through cb. */
+int engine_can_see(engine_t *e, pd_str_t requester, pd_str_t target, store_bits_cb cb, void *arg);
+
+/* Closes every connection of user on this node with code and reason; returns how many. */
+uint32_t engine_kick(engine_t *e, pd_str_t user, uint16_t code, const char *reason);
+
+/* Why user shows as they do, with each local session's last liveness (epoch seconds; 0 for
+ * sessions on other nodes or lingering). */
+typedef void (*engine_explain_cb)(void *arg, int err, const store_explain_t *x,
+                                  const double *liveness);
+int engine_explain(engine_t *e, pd_str_t user, engine_explain_cb cb, void *arg);
 
 /* Watched users of the session. */
 uint32_t engine_session_subscriptions(const session_t *s);

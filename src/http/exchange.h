@@ -20,6 +20,31 @@
 void http_exchange_respond(http_exchange_t *ex, int status, const char *content_type,
                            const char *extra_headers, const void *body, size_t body_len);
 
+/* --- Streamed answers (server-sent events) --- */
+
+typedef struct http_stream http_stream_t;
+
+/* Answers with the head of an open-ended response: status, content_type, extra_headers,
+ * Cache-Control: no-store and Connection: close (the body ends when the connection does),
+ * and returns the stream the body is sent through. on_end(arg) is called exactly once when
+ * the stream is over (the client went away, was too slow, or http_stream_end was called),
+ * from the server's flush, never from inside an http_stream_* call; the stream must not be
+ * used after it. NULL (and on_end never called) when the client is already gone. */
+http_stream_t *http_exchange_stream(http_exchange_t *ex, int status, const char *content_type,
+                                    const char *extra_headers, void (*on_end)(void *arg),
+                                    void *arg);
+
+/* Queues a body chunk (a new reference is taken). 0; PD_ECLOSED when the stream is over;
+ * PD_ELIMIT when the client's unsent output passed out_max: the stream ends (a reader too
+ * slow is dropped, never waited for). */
+int http_stream_send(http_stream_t *st, pd_obuf_t *chunk);
+
+/* Ends the stream (queued chunks are still sent). */
+void http_stream_end(http_stream_t *st);
+
+/* Bytes queued on the stream and not yet written. */
+uint32_t http_stream_backlog(const http_stream_t *st);
+
 /* True while the client is still connected. */
 bool http_exchange_alive(const http_exchange_t *ex);
 

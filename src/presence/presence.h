@@ -51,6 +51,7 @@ typedef struct pd_presence {
     const char *custom_status; /* NULL when unset */
     const char *activity;      /* NULL when unset */
     uint64_t version;          /* grows with every visible change of this user */
+    uint8_t prev_status;       /* in change announcements: the status before the change */
 } pd_presence_t;
 
 /* A room member as shown to others; pointers borrowed, valid during the call only. */

@@ -447,13 +447,10 @@ static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg
     return 0;
 }
 
-int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, proto_msg_t *m,
-                 proto_error_t *err) {
-    memset(m, 0, sizeof(*m));
-    m->status = -1;
-    m->auto_away = -1;
+int proto_json_parse(const uint8_t *data, size_t len, void **out, proto_error_t *err) {
+    *out = NULL;
     if (has_nul_escape(data, len))
-        return fail(err, PROTO_E_BAD_JSON, "strings may not contain \\u0000");
+        return fail(err, PROTO_E_BAD_JSON, "strings may not contain \\u0000 or raw control bytes");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts((const char *)data, len, &end, 0);
     if (!root)
@@ -474,6 +471,23 @@ int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, pro
         rc = fail(err, PROTO_E_BAD_JSON, "duplicate key in an object");
         goto err_free;
     }
+    *out = root;
+    return 0;
+err_free:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, proto_msg_t *m,
+                 proto_error_t *err) {
+    memset(m, 0, sizeof(*m));
+    m->status = -1;
+    m->auto_away = -1;
+    void *parsed;
+    int rc = proto_json_parse(data, len, &parsed, err);
+    if (rc)
+        return rc;
+    cJSON *root = parsed;
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
     if (id && (rc = read_id(id, &m->id, err)) != 0)
         goto err_free;

@@ -23,7 +23,7 @@ static void put_id(jsonw_t *w, const proto_id_t *id) {
 }
 
 /* The presence object: a superset of the seed's PresenceInfo.to_dict(). */
-static void put_presence(jsonw_t *w, const pd_presence_t *p) {
+void proto_put_presence(jsonw_t *w, const pd_presence_t *p) {
     jw_obj(w);
     jw_key(w, "user_id");
     jw_str(w, p->user_id, p->user_id_len);
@@ -52,7 +52,7 @@ pd_obuf_t *proto_encode_presence_update(const pd_presence_t *p) {
     jw_key(&w, "type");
     jw_cstr(&w, "presence_update");
     jw_key(&w, "presence");
-    put_presence(&w, p);
+    proto_put_presence(&w, p);
     jw_obj_end(&w);
     return seal(&w);
 }
@@ -86,7 +86,7 @@ pd_obuf_t *proto_encode_presences(const char *type, const proto_id_t *id, const 
     jw_obj(&w);
     for (size_t i = 0; i < n; i++) {
         jw_keyn(&w, ps[i].user_id, ps[i].user_id_len);
-        put_presence(&w, &ps[i]);
+        proto_put_presence(&w, &ps[i]);
     }
     jw_obj_end(&w);
     jw_obj_end(&w);
@@ -153,7 +153,7 @@ pd_obuf_t *proto_encode_welcome(pd_str_t user_id, uint64_t session_id, uint32_t 
 
 /* --- Rooms --- */
 
-static void put_member(jsonw_t *w, const pd_member_t *m) {
+void proto_put_member(jsonw_t *w, const pd_member_t *m) {
     jw_obj(w);
     jw_key(w, "user_id");
     jw_str(w, m->user_id, m->user_id_len);
@@ -175,7 +175,7 @@ static void put_member(jsonw_t *w, const pd_member_t *m) {
 pd_obuf_t *proto_member_json(const pd_member_t *m) {
     jsonw_t w;
     jw_init(&w, 128 + m->user_id_len + m->metadata_len);
-    put_member(&w, m);
+    proto_put_member(&w, m);
     return jw_finish(&w);
 }
 
@@ -206,7 +206,7 @@ static pd_obuf_t *members_page(const char *type, const proto_id_t *id, pd_str_t 
     jw_key(&w, "members");
     jw_arr(&w);
     for (size_t i = 0; i < n; i++)
-        put_member(&w, &ms[i]);
+        proto_put_member(&w, &ms[i]);
     jw_arr_end(&w);
     jw_key(&w, "next_cursor");
     if (next_cursor.s)
@@ -245,7 +245,7 @@ pd_obuf_t *proto_encode_member_event(const char *type, pd_str_t channel, const p
     jw_init(&w, 192 + channel.len + m->user_id_len + m->metadata_len);
     put_head(&w, type, NULL, channel);
     jw_key(&w, "member");
-    put_member(&w, m);
+    proto_put_member(&w, m);
     jw_key(&w, "count");
     jw_int(&w, count);
     jw_obj_end(&w);

@@ -151,6 +151,16 @@ int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, pro
                  proto_error_t *err);
 void proto_msg_free(proto_msg_t *m);
 
+/* The strict part of decoding on its own: one JSON object, no trailing bytes, no duplicate
+ * keys at any depth, no \u0000 or raw control bytes in strings. 0 with *root set (a cJSON
+ * tree: free with cJSON_Delete), or PD_EPROTO with *err set (bad_json, bad_message). */
+int proto_json_parse(const uint8_t *data, size_t len, void **root, proto_error_t *err);
+
+/* Writers of the shared objects, for other encoders (the HTTP API). */
+struct jsonw;
+void proto_put_presence(struct jsonw *w, const pd_presence_t *p);
+void proto_put_member(struct jsonw *w, const pd_member_t *m);
+
 /* True when data is exactly {"type":"heartbeat","device":"<device>"} or {"type":"heartbeat"}
  * (device NULL accepts only the latter's device-less form too). */
 bool proto_is_canonical_heartbeat(const uint8_t *data, size_t len, const char *device,

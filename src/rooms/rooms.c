@@ -72,6 +72,7 @@ struct rooms {
     engine_client_ops_t ops;
     rooms_codec_t codec;
     pd_log_t *log;
+    events_t *events;
     hmap_t rooms;
     struct rlink *lingering; /* links in their grace window, through r_next/r_prev */
     struct rooms_counters n;
@@ -269,22 +270,34 @@ static void room_timer(wheel_timer_t *t, uint64_t now) {
 
 /* Switches between per-event and batched delivery, with hysteresis: up above announce_max,
  * back below 80% of it, so a room hovering at the threshold does not flap. */
-static void update_mode(struct lroom *lr) {
+static void update_mode(struct lroom *lr, uint32_t count) {
     rooms_t *r = lr->owner;
-    if (lr->mode == MODE_ANNOUNCE && lr->count > r->cfg.announce_max) {
-        if (!lr->pending.buckets && hmap_init(&lr->pending, 64))
-            return;
-        lr->mode = MODE_INTERVAL;
-    } else if (lr->mode == MODE_INTERVAL &&
-               (uint64_t)lr->count * 10 < (uint64_t)r->cfg.announce_max * 8) {
+    if (lr->mode == MODE_INTERVAL && (uint64_t)count * 10 < (uint64_t)r->cfg.announce_max * 8) {
+        /* The batch so far goes out with the count it leads to, before the change that
+         * crosses the threshold (which is then sent on its own). */
         flush_delta(lr);
         wheel_cancel(r->wheel, &lr->timer);
         lr->mode = MODE_ANNOUNCE;
     }
+    lr->count = count;
+    if (lr->mode == MODE_ANNOUNCE && count > r->cfg.announce_max &&
+        (lr->pending.buckets || hmap_init(&lr->pending, 64) == 0))
+        lr->mode = MODE_INTERVAL;
 }
 
 static void on_room_event(void *ctx, const store_room_event_t *ev) {
     rooms_t *r = ctx;
+    if (ev->kind != STORE_ROOM_SIGNAL) {
+        static const uint8_t kinds[] = {[STORE_ROOM_JOINED] = PD_EV_MEMBER_JOINED,
+                                        [STORE_ROOM_LEFT] = PD_EV_MEMBER_LEFT,
+                                        [STORE_ROOM_UPDATED] = PD_EV_MEMBER_UPDATED};
+        events_publish(r->events, &(pd_event_t){.kind = kinds[ev->kind],
+                                                .reason = ev->reason,
+                                                .count = ev->count,
+                                                .user = ev->user,
+                                                .room = ev->room,
+                                                .member = ev->member});
+    }
     struct lroom *lr = find_room(r, ev->room);
     if (!lr)
         return;
@@ -297,8 +310,7 @@ static void on_room_event(void *ctx, const store_room_event_t *ev) {
         (*r->n.signals_out) += deliver(lr, f, ev->user);
         return;
     }
-    lr->count = ev->count;
-    update_mode(lr);
+    update_mode(lr, ev->count);
     if (!lr->links)
         return;
     if (lr->mode == MODE_INTERVAL) {
@@ -434,15 +446,14 @@ static void joined(void *arg, int err, const pd_member_t *me, bool fresh, uint32
     rooms_t *r = q->r;
     if (err) {
         l->pending--;
-        q->state(q->arg, err, NULL, NULL, 0, 0, false);
+        q->state(q->arg, err == PD_ELIMIT ? PD_ETOOBIG : err, NULL, NULL, 0, 0, false);
         if (q->fresh)
             link_release(l);
         free(q);
         maybe_free_link(l);
         return;
     }
-    l->room->count = count;
-    update_mode(l->room);
+    update_mode(l->room, count);
     (*r->n.joins)++;
     /* The answer carries the first page of members; the link stays pending until it is in. */
     int rc = store_room_members(r->store, room_name(l->room), (pd_str_t){0}, r->cfg.state_members,
@@ -520,6 +531,8 @@ int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, ro
     store_room_conn_t c = conn_of(s, l->sid);
     int rc =
         store_room_join(r->store, channel, l->user, &c, metadata, r->cfg.max_members, joined, q);
+    if (rc == PD_ELIMIT)
+        rc = PD_ETOOBIG; /* the member's connections in the room, not this connection's rooms */
     if (rc) {
         l->pending--;
         free(q);
@@ -661,7 +674,9 @@ int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_
             (*r->n.signals_coalesced)++;
         l->typing = (int8_t)(payload.len == 4); /* "true" */
     }
-    uint64_t period = 1000 / (r->cfg.cursor_hz ? r->cfg.cursor_hz : 1);
+    /* Rounded up: at most cursor_hz relays a second, never a few more. */
+    uint32_t hz = r->cfg.cursor_hz ? r->cfg.cursor_hz : 1;
+    uint64_t period = (1000 + hz - 1) / hz;
     uint64_t now = now_ms(r);
     if (wheel_timer_armed(&l->timer))
         return 0; /* the period's end sends the latest */
@@ -775,6 +790,10 @@ rooms_t *rooms_new(const rooms_config_t *cfg, engine_t *engine, store_t *store, 
     register_metrics(r, metrics);
     store_listen_rooms(store, r, on_room_event);
     return r;
+}
+
+void rooms_set_events(rooms_t *r, events_t *events) {
+    r->events = events;
 }
 
 void rooms_free(rooms_t *r) {

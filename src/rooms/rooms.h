@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "events/events.h"
 #include "log.h"
 #include "metrics.h"
 #include "store/store.h"
@@ -58,6 +59,9 @@ rooms_t *rooms_new(const rooms_config_t *cfg, engine_t *engine, store_t *store, 
                    pd_log_t *log, pd_metrics_t *metrics);
 void rooms_free(rooms_t *r);
 
+/* Publishes every membership change the store announces to events (may be NULL). */
+void rooms_set_events(rooms_t *r, events_t *events);
+
 /* The state answering a join: the room's mode ("announce" or "interval"), its first members
  * (up to state_members, by user id), its member count, and whether more members follow. */
 typedef void (*rooms_state_cb)(void *arg, int err, const char *mode, const pd_member_t *ms,
@@ -68,7 +72,8 @@ typedef void (*rooms_count_cb)(void *arg, int err, uint32_t count);
 
 /* Joins (or re-joins, replacing metadata when given) the session's connection to channel.
  * PD_ELIMIT when the connection is in max_per_conn rooms; PD_EFULL (returned, or through the
- * callback) when the room has max_members members. */
+ * callback) when the room has max_members members; PD_ETOOBIG when the user already has
+ * PD_SESSIONS_PER_USER_MAX connections in the room. */
 int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, rooms_state_cb cb,
                void *arg);
 

@@ -147,6 +147,24 @@ static void conn_end(conn_t *c, enum conn_end why) {
     server__mark_pending(c);
 }
 
+/* A streamed answer's owner. */
+struct conn_stream {
+    void (*on_end)(void *arg);
+    void *arg;
+};
+
+static void notify_stream_end(conn_t *c) {
+    if (c->state != CONN_STREAM || c->notified)
+        return;
+    c->notified = 1;
+    struct conn_stream *cs = c->app;
+    c->app = NULL;
+    if (cs) {
+        cs->on_end(cs->arg);
+        free(cs);
+    }
+}
+
 static void notify_close(conn_t *c) {
     if (!c->upgraded || c->notified || !c->ended)
         return;
@@ -176,6 +194,7 @@ static void on_closed(uv_handle_t *h) {
 void server__reap_now(conn_t *c) {
     if (c->state == CONN_DEAD)
         return;
+    notify_stream_end(c);
     if (c->upgraded && !c->ended)
         conn_end(c, CONN_END_DROPPED);
     notify_close(c);
@@ -211,6 +230,9 @@ void server__close_for_shutdown(conn_t *c) {
     switch (c->state) {
     case CONN_WS_OPEN:
         start_ws_close(c, s->shutdown_code, s->shutdown_reason, CONN_END_SHUTDOWN);
+        break;
+    case CONN_STREAM:
+        conn_reap(c); /* its client reconnects elsewhere, or once the server is back */
         break;
     case CONN_HTTP:
         /* A request in flight is answered (with Connection: close); an idle one just goes.
@@ -485,6 +507,64 @@ void http_exchange_respond(http_exchange_t *ex, int status, const char *content_
             server__mark_pending(c);
         }
     }
+}
+
+http_stream_t *http_exchange_stream(http_exchange_t *ex, int status, const char *content_type,
+                                    const char *extra_headers, void (*on_end)(void *arg),
+                                    void *arg) {
+    conn_t *c = (conn_t *)ex;
+    if (!c->awaiting || c->state != CONN_HTTP || c->reap)
+        return NULL;
+    struct conn_stream *cs = malloc(sizeof(*cs));
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nServer: presenced\r\nContent-Type: %s\r\n"
+                     "Cache-Control: no-store\r\nConnection: close\r\n"
+                     "X-Content-Type-Options: nosniff\r\n%s\r\n",
+                     status, http_status_reason(status), content_type,
+                     extra_headers ? extra_headers : "");
+    pd_obuf_t *b = cs && n > 0 && (size_t)n < sizeof(head) ? pd_obuf_from(head, (size_t)n) : NULL;
+    if (!b) {
+        free(cs);
+        return NULL;
+    }
+    cs->on_end = on_end;
+    cs->arg = arg;
+    c->awaiting = 0;
+    c->state = CONN_STREAM;
+    c->app = cs;
+    http_reqparser_free(c->http);
+    c->http = NULL;
+    /* No idle timeout: the owner sends keep-alive chunks; a dead client shows as an error. */
+    wheel_cancel(c->srv->wheel, &c->timer);
+    queue_push(c, b);
+    pd_obuf_release(b);
+    (*server__counter(c->srv, "presenced_http_responses_total", "HTTP responses, by status",
+                      "status", status == 200 ? "200" : "other"))++;
+    return (http_stream_t *)c;
+}
+
+int http_stream_send(http_stream_t *st, pd_obuf_t *chunk) {
+    conn_t *c = (conn_t *)st;
+    if (c->state != CONN_STREAM || c->reap)
+        return PD_ECLOSED;
+    if ((uint64_t)c->out_bytes + pd_obuf_len(chunk) > c->srv->cfg.out_max) {
+        (*c->srv->n.slow_consumer_closes)++;
+        conn_reap(c);
+        return PD_ELIMIT;
+    }
+    return queue_push(c, chunk) ? 0 : PD_ENOMEM;
+}
+
+void http_stream_end(http_stream_t *st) {
+    conn_t *c = (conn_t *)st;
+    if (c->state == CONN_STREAM)
+        c->close_after_flush = 1;
+    server__mark_pending(c);
+}
+
+uint32_t http_stream_backlog(const http_stream_t *st) {
+    return ((const conn_t *)st)->out_bytes;
 }
 
 bool http_exchange_alive(const http_exchange_t *ex) {
@@ -834,8 +914,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
         conn_reap(c);
         return;
     }
-    if (c->state == CONN_LINGER || c->state == CONN_DEAD || c->reap)
-        return;
+    if (c->state == CONN_LINGER || c->state == CONN_STREAM || c->state == CONN_DEAD || c->reap)
+        return; /* nothing more is read from these: only EOF matters */
     uint8_t *data = (uint8_t *)buf->base;
     size_t len = (size_t)nread;
     if (c->in_len) {

@@ -30,6 +30,7 @@ enum conn_state {
     CONN_WS_OPEN,    /* upgraded, exchanging messages */
     CONN_WS_CLOSING, /* a close frame was sent: waiting for the peer's, or for the flush */
     CONN_LINGER,     /* final output sent and write side shut: discarding input until EOF */
+    CONN_STREAM,     /* an open-ended HTTP answer (server-sent events): output only */
     CONN_DEAD        /* uv_close called; freed in the close callback */
 };
 

@@ -22,12 +22,20 @@
 
 typedef struct persist persist_t;
 
-typedef struct persist_user {
-    pd_str_t id;
-    uint8_t visibility;
+/* User-level fields; expiries in epoch seconds, 0 = never. */
+typedef struct persist_fields {
     const char *custom_status; /* NULL when unset */
     double custom_status_expires;
     const char *activity;
+    double activity_expires;
+    uint8_t server_status; /* a backend's claim (enum pd_status), 0 when none */
+    double server_status_expires;
+} persist_fields_t;
+
+typedef struct persist_user {
+    pd_str_t id;
+    uint8_t visibility;
+    persist_fields_t f;
     double last_seen;
     const char *device; /* last device, NULL when unknown */
 } persist_user_t;
@@ -48,8 +56,7 @@ void persist_close(persist_t *p);
 int persist_load(persist_t *p, const persist_loader_t *l);
 
 /* Durable writes, committed before they return: 0 or PD_EIO (logged). */
-int persist_save_fields(persist_t *p, pd_str_t user, const char *custom_status, double expires,
-                        const char *activity);
+int persist_save_fields(persist_t *p, pd_str_t user, const persist_fields_t *f);
 int persist_save_visibility(persist_t *p, pd_str_t user, uint8_t visibility);
 int persist_save_entry(persist_t *p, pd_str_t user, pd_str_t other, bool blocked, bool add);
 /* Replaces all contacts and blocks of user, and the visibility, in one transaction. */

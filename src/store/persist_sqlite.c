@@ -17,6 +17,9 @@ static const char schema[] =
     "  custom_status TEXT,"
     "  custom_status_expires REAL NOT NULL DEFAULT 0,"
     "  activity TEXT,"
+    "  activity_expires REAL NOT NULL DEFAULT 0,"
+    "  server_status INTEGER NOT NULL DEFAULT 0,"
+    "  server_status_expires REAL NOT NULL DEFAULT 0,"
     "  last_seen REAL NOT NULL DEFAULT 0,"
     "  device TEXT"
     ") WITHOUT ROWID;"
@@ -41,11 +44,14 @@ enum stmt {
 };
 
 static const char *const stmt_sql[S_COUNT] = {
-    [S_FIELDS] = "INSERT INTO users (id, custom_status, custom_status_expires, activity) "
-                 "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET "
+    [S_FIELDS] = "INSERT INTO users (id, custom_status, custom_status_expires, activity, "
+                 "activity_expires, server_status, server_status_expires) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET "
                  "custom_status = excluded.custom_status, "
                  "custom_status_expires = excluded.custom_status_expires, "
-                 "activity = excluded.activity",
+                 "activity = excluded.activity, activity_expires = excluded.activity_expires, "
+                 "server_status = excluded.server_status, "
+                 "server_status_expires = excluded.server_status_expires",
     [S_VISIBILITY] = "INSERT INTO users (id, visibility) VALUES (?1, ?2) "
                      "ON CONFLICT (id) DO UPDATE SET visibility = excluded.visibility",
     [S_ADD_ENTRY] =
@@ -188,7 +194,8 @@ int persist_load(persist_t *p, const persist_loader_t *l) {
     int rc = 0;
     if (sqlite3_prepare_v2(p->db,
                            "SELECT id, visibility, custom_status, custom_status_expires, "
-                           "activity, last_seen, device FROM users",
+                           "activity, activity_expires, server_status, server_status_expires, "
+                           "last_seen, device FROM users",
                            -1, &s, NULL) != SQLITE_OK)
         return fail_io(p, "loading users");
     int step;
@@ -196,11 +203,14 @@ int persist_load(persist_t *p, const persist_loader_t *l) {
         persist_user_t u = {
             .id = {(const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0)},
             .visibility = (uint8_t)sqlite3_column_int(s, 1),
-            .custom_status = (const char *)sqlite3_column_text(s, 2),
-            .custom_status_expires = sqlite3_column_double(s, 3),
-            .activity = (const char *)sqlite3_column_text(s, 4),
-            .last_seen = sqlite3_column_double(s, 5),
-            .device = (const char *)sqlite3_column_text(s, 6)};
+            .f = {.custom_status = (const char *)sqlite3_column_text(s, 2),
+                  .custom_status_expires = sqlite3_column_double(s, 3),
+                  .activity = (const char *)sqlite3_column_text(s, 4),
+                  .activity_expires = sqlite3_column_double(s, 5),
+                  .server_status = (uint8_t)sqlite3_column_int(s, 6),
+                  .server_status_expires = sqlite3_column_double(s, 7)},
+            .last_seen = sqlite3_column_double(s, 8),
+            .device = (const char *)sqlite3_column_text(s, 9)};
         if (u.id.s)
             rc = l->user(l->ctx, &u);
     }
@@ -226,13 +236,15 @@ int persist_load(persist_t *p, const persist_loader_t *l) {
     return rc;
 }
 
-int persist_save_fields(persist_t *p, pd_str_t user, const char *custom_status, double expires,
-                        const char *activity) {
+int persist_save_fields(persist_t *p, pd_str_t user, const persist_fields_t *f) {
     sqlite3_stmt *s = p->st[S_FIELDS];
     bind_str(s, 1, user);
-    bind_opt(s, 2, custom_status);
-    sqlite3_bind_double(s, 3, expires);
-    bind_opt(s, 4, activity);
+    bind_opt(s, 2, f->custom_status);
+    sqlite3_bind_double(s, 3, f->custom_status_expires);
+    bind_opt(s, 4, f->activity);
+    sqlite3_bind_double(s, 5, f->activity_expires);
+    sqlite3_bind_int(s, 6, f->server_status);
+    sqlite3_bind_double(s, 7, f->server_status_expires);
     return run(p, S_FIELDS, "saving a custom status");
 }
 

@@ -51,6 +51,12 @@ typedef struct store_user_fields {
     store_text_t custom_status;
     double custom_status_expires; /* epoch seconds, 0 = never; only with STORE_SET */
     store_text_t activity;
+    double activity_expires;
+    /* A backend's status claim (calendar: busy in a meeting): aggregated like a session's,
+     * but only while the user has a live session. */
+    uint8_t server_status_op; /* enum store_field_op */
+    uint8_t server_status;    /* with STORE_SET: PD_ONLINE, PD_AWAY or PD_BUSY */
+    double server_status_expires;
 } store_user_fields_t;
 
 enum store_remove_mode {
@@ -85,6 +91,26 @@ enum store_privacy_op {
 };
 
 typedef void (*store_privacy_cb)(void *arg, int err, const store_privacy_t *p);
+
+/* Why a user shows as they do: their sessions and the fields behind the aggregate. */
+typedef struct store_session_view {
+    uint64_t sid;
+    const char *node; /* the node holding the connection ("local" for the embedded store) */
+    const char *device;
+    uint8_t status; /* the session's claim */
+    bool lingering; /* disconnected, inside its grace window */
+} store_session_view_t;
+
+typedef struct store_explain {
+    const pd_presence_t *presence; /* as shown to someone allowed to see the user */
+    const store_session_view_t *sessions;
+    size_t nsessions;
+    uint8_t visibility;
+    uint8_t server_status; /* 0 when none */
+    double server_status_expires, custom_status_expires, activity_expires;
+} store_explain_t;
+
+typedef void (*store_explain_cb)(void *arg, int err, const store_explain_t *x);
 /* visible[i] for requester i: 1 when they may see the target. */
 typedef void (*store_bits_cb)(void *arg, int err, const uint8_t *visible);
 
@@ -171,6 +197,8 @@ typedef struct store_ops {
     /* Replaces all of the user's settings at once. */
     int (*privacy_replace)(store_t *st, pd_str_t user, const store_privacy_t *p,
                            uint32_t max_entries, store_done_cb cb, void *arg);
+    /* Why user shows as they do; PD_ENOTFOUND (via the callback) for an unknown user. */
+    int (*explain)(store_t *st, pd_str_t user, store_explain_cb cb, void *arg);
     /* Which of n requesters may see target. */
     int (*can_see)(store_t *st, pd_str_t target, const pd_str_t *requesters, size_t n,
                    store_bits_cb cb, void *arg);
@@ -250,6 +278,9 @@ static inline int store_privacy_change(store_t *st, pd_str_t user, int op, uint8
 static inline int store_privacy_replace(store_t *st, pd_str_t user, const store_privacy_t *p,
                                         uint32_t max_entries, store_done_cb cb, void *arg) {
     return st->ops->privacy_replace(st, user, p, max_entries, cb, arg);
+}
+static inline int store_explain(store_t *st, pd_str_t user, store_explain_cb cb, void *arg) {
+    return st->ops->explain(st, user, cb, arg);
 }
 static inline int store_can_see(store_t *st, pd_str_t target, const pd_str_t *requesters, size_t n,
                                 store_bits_cb cb, void *arg) {

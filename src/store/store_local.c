@@ -44,13 +44,17 @@ struct ls_user {
     char *custom_status;     /* NULL when unset */
     char *activity;
     double custom_status_expires; /* epoch seconds, 0 = never */
-    struct ls_expiry *expiry;     /* armed while custom_status_expires is set */
+    double activity_expires;
+    double server_status_expires;
+    struct ls_expiry *expiry; /* armed while any of the three expiries is set */
     const pd_istr_t *last_device;
     double last_seen;
     uint64_t version;
     uint16_t nsessions;
     uint16_t id_len;
-    uint8_t dirty; /* last_seen not yet written */
+    uint8_t dirty;         /* last_seen not yet written */
+    uint8_t server_status; /* a backend's claim (PD_ONLINE/AWAY/BUSY) merged with live
+                              sessions; 0 when none */
     char id[];
 };
 
@@ -193,11 +197,19 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* The aggregate of claims[0..n) (room for one more) and the backend's claim, which counts
+ * only beside a live session: a calendar saying "busy" never makes an offline user busy. */
+static uint8_t aggregate(const struct ls_user *u, uint8_t *claims, size_t n) {
+    if (n > 0 && u->server_status)
+        claims[n++] = u->server_status;
+    return pd_aggregate_status(claims, n);
+}
+
 /* Collects the user's distinct device labels (sorted) into devs and returns their count;
  * sets the aggregate status and the most recently updated session. */
 static uint32_t collect(const struct ls_user *u, const char **devs, uint8_t *status,
                         const struct ls_session **latest) {
-    uint8_t claims[PD_SESSIONS_PER_USER_MAX];
+    uint8_t claims[PD_SESSIONS_PER_USER_MAX + 1];
     size_t n = 0;
     uint32_t nd = 0;
     *latest = NULL;
@@ -212,7 +224,7 @@ static uint32_t collect(const struct ls_user *u, const char **devs, uint8_t *sta
             devs[nd++] = s->device->s;
     }
     qsort(devs, nd, sizeof(devs[0]), cmp_str);
-    *status = pd_aggregate_status(claims, n);
+    *status = aggregate(u, claims, n);
     return nd;
 }
 
@@ -229,6 +241,7 @@ static void view(const struct ls_user *u, pd_presence_t *p, const char **devs) {
     p->custom_status = u->custom_status;
     p->activity = u->activity;
     p->version = u->version;
+    p->prev_status = p->status;
 }
 
 /* Fills v with what a watcher can see of the user. */
@@ -240,7 +253,7 @@ static int cmp_istr(const void *a, const void *b) {
  * each label (release with release_visible). */
 static void compute(struct store_local *st, const struct ls_user *u, struct visible *v, bool hold) {
     (void)st;
-    uint8_t claims[PD_SESSIONS_PER_USER_MAX];
+    uint8_t claims[PD_SESSIONS_PER_USER_MAX + 1];
     size_t n = 0;
     v->ndevices = 0;
     for (const struct ls_session *s = u->sessions; s; s = s->next) {
@@ -252,7 +265,7 @@ static void compute(struct store_local *st, const struct ls_user *u, struct visi
             v->devices[v->ndevices++] = hold ? istr_ref(s->device) : s->device;
     }
     qsort(v->devices, v->ndevices, sizeof(v->devices[0]), cmp_istr);
-    v->status = pd_aggregate_status(claims, n);
+    v->status = aggregate(u, claims, n);
 }
 
 static void release_visible(struct store_local *st, struct visible *v) {
@@ -283,23 +296,59 @@ static void finish_change(struct store_local *st, struct ls_user *u, struct visi
     struct visible after;
     compute(st, u, &after, false);
     bool changed = fields_changed || !visible_eq(before, &after);
+    uint8_t before_status = before->status;
     release_visible(st, before);
     if (changed)
         u->version++;
     view(u, p, devs);
+    p->prev_status = before_status;
     if (changed && st->base.listener.presence_changed)
         st->base.listener.presence_changed(st->base.listener.ctx, p);
 }
 
 static void expiry_fire(wheel_timer_t *t, uint64_t now);
 
-static void clear_expiry(struct ls_user *u) {
-    if (u->expiry) {
-        wheel_cancel(u->expiry->st->wheel, &u->expiry->timer);
-        free(u->expiry);
-        u->expiry = NULL;
+/* Arms the user's one expiry timer for the earliest field deadline (or frees it). */
+static int rearm_expiry(struct store_local *st, struct ls_user *u) {
+    double next = 0;
+    const double deadlines[] = {u->custom_status_expires, u->activity_expires,
+                                u->server_status_expires};
+    for (size_t i = 0; i < 3; i++)
+        if (deadlines[i] > 0 && (next == 0 || deadlines[i] < next))
+            next = deadlines[i];
+    if (next == 0) {
+        if (u->expiry) {
+            wheel_cancel(st->wheel, &u->expiry->timer);
+            free(u->expiry);
+            u->expiry = NULL;
+        }
+        return 0;
     }
-    u->custom_status_expires = 0;
+    if (!u->expiry) {
+        u->expiry = calloc(1, sizeof(*u->expiry));
+        if (!u->expiry)
+            return PD_ENOMEM;
+        u->expiry->st = st;
+        u->expiry->user = u;
+        wheel_timer_init(&u->expiry->timer, expiry_fire);
+    }
+    double in = next - pd_clock_wall(&st->clock);
+    uint64_t now = pd_clock_ms(&st->clock);
+    wheel_schedule(st->wheel, &u->expiry->timer, in > 0 ? now + (uint64_t)(in * 1000.0) : now);
+    return 0;
+}
+
+static int save_fields(struct store_local *st, const struct ls_user *u, const char *cs,
+                       double cs_exp, const char *act, double act_exp, uint8_t ss, double ss_exp) {
+    if (!st->persist)
+        return 0;
+    persist_fields_t pf = {.custom_status = cs,
+                           .custom_status_expires = cs_exp,
+                           .activity = act,
+                           .activity_expires = act_exp,
+                           .server_status = ss,
+                           .server_status_expires = ss_exp};
+    return persist_save_fields(st->persist, (pd_str_t){u->id, u->id_len}, &pf);
 }
 
 /* The new value of a text field (KEEP: NULL here, the old value stays). */
@@ -317,27 +366,18 @@ static char *dup_text(const store_text_t *t, bool *ok) {
     return v;
 }
 
-static int arm_expiry(struct store_local *st, struct ls_user *u, double expires) {
-    struct ls_expiry *e = calloc(1, sizeof(*e));
-    if (!e)
-        return PD_ENOMEM;
-    e->st = st;
-    e->user = u;
-    wheel_timer_init(&e->timer, expiry_fire);
-    u->expiry = e;
-    u->custom_status_expires = expires;
-    double in = expires - pd_clock_wall(&st->clock);
-    uint64_t now = pd_clock_ms(&st->clock);
-    wheel_schedule(st->wheel, &e->timer, in > 0 ? now + (uint64_t)(in * 1000.0) : now);
-    return 0;
+static double new_expiry(uint8_t op, double given, double current) {
+    return op == STORE_SET ? given : op == STORE_CLEAR ? 0 : current;
 }
 
 /* Applies user-level fields: written to the database first (when persistent), so a change
- * is acknowledged only once durable; nothing changes when that fails. */
+ * is acknowledged only once durable; nothing changes when that fails. *changed tells whether
+ * a text a watcher sees changed (a new status claim shows through the aggregate). */
 static int apply_fields(struct store_local *st, struct ls_user *u, const store_user_fields_t *f,
                         bool *changed) {
     *changed = false;
-    if (!f || (f->custom_status.op == STORE_KEEP && f->activity.op == STORE_KEEP))
+    if (!f || (f->custom_status.op == STORE_KEEP && f->activity.op == STORE_KEEP &&
+               f->server_status_op == STORE_KEEP))
         return 0;
     bool ok1, ok2;
     bool keep_cs = f->custom_status.op == STORE_KEEP, keep_act = f->activity.op == STORE_KEEP;
@@ -350,22 +390,24 @@ static int apply_fields(struct store_local *st, struct ls_user *u, const store_u
     }
     const char *new_cs = keep_cs ? u->custom_status : cs;
     const char *new_act = keep_act ? u->activity : act;
-    double expires = f->custom_status.op == STORE_SET     ? f->custom_status_expires
-                     : f->custom_status.op == STORE_CLEAR ? 0
-                                                          : u->custom_status_expires;
-    /* Visible: the texts; a new expiry of the same text is not. */
+    double cs_exp =
+        new_expiry(f->custom_status.op, f->custom_status_expires, u->custom_status_expires);
+    double act_exp = new_expiry(f->activity.op, f->activity_expires, u->activity_expires);
+    uint8_t ss = f->server_status_op == STORE_SET     ? f->server_status
+                 : f->server_status_op == STORE_CLEAR ? 0
+                                                      : u->server_status;
+    double ss_exp =
+        new_expiry(f->server_status_op, f->server_status_expires, u->server_status_expires);
     *changed = !str_eq(new_cs, u->custom_status) || !str_eq(new_act, u->activity);
-    bool same = !*changed && expires == u->custom_status_expires;
-    if (!same && st->persist &&
-        persist_save_fields(st->persist, (pd_str_t){u->id, u->id_len}, new_cs, expires, new_act) !=
-            0) {
+    bool same = !*changed && cs_exp == u->custom_status_expires && act_exp == u->activity_expires &&
+                ss == u->server_status && ss_exp == u->server_status_expires;
+    if (!same && save_fields(st, u, new_cs, cs_exp, new_act, act_exp, ss, ss_exp) != 0) {
         free(cs);
         free(act);
         *changed = false;
         return PD_EIO;
     }
     if (!keep_cs) {
-        clear_expiry(u);
         free(u->custom_status);
         u->custom_status = cs;
     }
@@ -373,11 +415,14 @@ static int apply_fields(struct store_local *st, struct ls_user *u, const store_u
         free(u->activity);
         u->activity = act;
     }
-    if (f->custom_status.op == STORE_SET && expires > 0 && arm_expiry(st, u, expires) != 0)
-        return PD_ENOMEM;
-    return 0;
+    u->custom_status_expires = cs_exp;
+    u->activity_expires = act_exp;
+    u->server_status = ss;
+    u->server_status_expires = ss_exp;
+    return rearm_expiry(st, u);
 }
 
+/* A field's deadline passed: it is cleared, durably, and the change announced. */
 static void expiry_fire(wheel_timer_t *t, uint64_t now) {
     (void)now;
     struct ls_expiry *e = (struct ls_expiry *)t;
@@ -385,16 +430,30 @@ static void expiry_fire(wheel_timer_t *t, uint64_t now) {
     struct ls_user *u = e->user;
     struct visible before;
     compute(st, u, &before, true);
-    free(u->custom_status);
-    u->custom_status = NULL;
-    u->expiry = NULL;
-    u->custom_status_expires = 0;
-    free(e);
-    if (st->persist)
-        persist_save_fields(st->persist, (pd_str_t){u->id, u->id_len}, NULL, 0, u->activity);
+    double wall = pd_clock_wall(&st->clock) + 0.001; /* due: the timer is ms-rounded */
+    bool texts = false;
+    if (u->custom_status_expires > 0 && u->custom_status_expires <= wall) {
+        free(u->custom_status);
+        u->custom_status = NULL;
+        u->custom_status_expires = 0;
+        texts = true;
+    }
+    if (u->activity_expires > 0 && u->activity_expires <= wall) {
+        free(u->activity);
+        u->activity = NULL;
+        u->activity_expires = 0;
+        texts = true;
+    }
+    if (u->server_status_expires > 0 && u->server_status_expires <= wall) {
+        u->server_status = 0;
+        u->server_status_expires = 0;
+    }
+    save_fields(st, u, u->custom_status, u->custom_status_expires, u->activity, u->activity_expires,
+                u->server_status, u->server_status_expires);
+    rearm_expiry(st, u);
     pd_presence_t p;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
-    finish_change(st, u, &before, true, &p, devs);
+    finish_change(st, u, &before, texts, &p, devs);
 }
 
 static void drop_session(struct store_local *st, struct ls_user *u, struct ls_session **link) {
@@ -794,6 +853,36 @@ static int ls_privacy_replace(store_t *base, pd_str_t user, const store_privacy_
     return 0;
 }
 
+static int ls_explain(store_t *base, pd_str_t user, store_explain_cb cb, void *arg) {
+    struct store_local *st = (struct store_local *)base;
+    struct ls_user *u = find_user(st, user);
+    if (!u) {
+        cb(arg, PD_ENOTFOUND, NULL);
+        return 0;
+    }
+    store_session_view_t sv[PD_SESSIONS_PER_USER_MAX];
+    size_t n = 0;
+    for (const struct ls_session *s = u->sessions; s && n < PD_SESSIONS_PER_USER_MAX; s = s->next)
+        sv[n++] = (store_session_view_t){.sid = s->sid,
+                                         .node = "local",
+                                         .device = s->device->s,
+                                         .status = s->status,
+                                         .lingering = s->lingering};
+    const char *devs[PD_SESSIONS_PER_USER_MAX];
+    pd_presence_t p;
+    view(u, &p, devs);
+    store_explain_t x = {.presence = &p,
+                         .sessions = sv,
+                         .nsessions = n,
+                         .visibility = u->priv ? u->priv->visibility : PD_VIS_EVERYONE,
+                         .server_status = u->server_status,
+                         .server_status_expires = u->server_status_expires,
+                         .custom_status_expires = u->custom_status_expires,
+                         .activity_expires = u->activity_expires};
+    cb(arg, 0, &x);
+    return 0;
+}
+
 static int ls_can_see(store_t *base, pd_str_t target, const pd_str_t *requesters, size_t n,
                       store_bits_cb cb, void *arg) {
     struct store_local *st = (struct store_local *)base;
@@ -837,7 +926,10 @@ static void ls_destroy(store_t *base) {
         while (u->sessions)
             drop_session(st, u, &u->sessions);
         istr_put(&st->labels, u->last_device);
-        clear_expiry(u);
+        if (u->expiry) {
+            wheel_cancel(st->wheel, &u->expiry->timer);
+            free(u->expiry);
+        }
         privacy_free(u->priv);
         free(u->custom_status);
         free(u->activity);
@@ -1253,6 +1345,7 @@ static const store_ops_t local_ops = {
     .privacy_change = ls_privacy_change,
     .privacy_replace = ls_privacy_replace,
     .can_see = ls_can_see,
+    .explain = ls_explain,
     .watch = ls_watch,
     .unwatch = ls_unwatch,
     .room_join = ls_room_join,
@@ -1284,17 +1377,25 @@ static int load_user(void *ctx, const persist_user_t *pu) {
             return PD_ENOMEM;
         p->visibility = pu->visibility <= PD_VIS_NOBODY ? pu->visibility : PD_VIS_NOBODY;
     }
-    if (pu->activity && !(u->activity = strdup(pu->activity)))
-        return PD_ENOMEM;
-    bool expired =
-        pu->custom_status_expires > 0 && pu->custom_status_expires <= pd_clock_wall(&st->clock);
-    if (pu->custom_status && !expired) {
-        if (!(u->custom_status = strdup(pu->custom_status)))
+    /* Fields whose deadline passed while the server was down are not brought back. */
+    double now = pd_clock_wall(&st->clock);
+    const persist_fields_t *f = &pu->f;
+    if (f->custom_status && !(f->custom_status_expires > 0 && f->custom_status_expires <= now)) {
+        if (!(u->custom_status = strdup(f->custom_status)))
             return PD_ENOMEM;
-        if (pu->custom_status_expires > 0 && arm_expiry(st, u, pu->custom_status_expires))
-            return PD_ENOMEM;
+        u->custom_status_expires = f->custom_status_expires;
     }
-    return 0;
+    if (f->activity && !(f->activity_expires > 0 && f->activity_expires <= now)) {
+        if (!(u->activity = strdup(f->activity)))
+            return PD_ENOMEM;
+        u->activity_expires = f->activity_expires;
+    }
+    if (f->server_status >= PD_AWAY && f->server_status <= PD_BUSY &&
+        !(f->server_status_expires > 0 && f->server_status_expires <= now)) {
+        u->server_status = f->server_status;
+        u->server_status_expires = f->server_status_expires;
+    }
+    return rearm_expiry(st, u);
 }
 
 static int load_entry(void *ctx, pd_str_t user, pd_str_t other, bool blocked) {

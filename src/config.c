@@ -60,6 +60,9 @@ static const struct opt opts[] = {
      "seconds without any inbound frame after which a connection is closed (4000)"},
     {"offline-grace", OPT_SECONDS, F(offline_grace), 0, "5", 0, 3600,
      "seconds a user's last disconnect waits before offline (a reconnect inside is silent)"},
+    {"last-seen-checkpoint", OPT_SECONDS, F(last_seen_checkpoint), 0, "15", 0, 86400,
+     "seconds between writes of live users' last_seen to the store, bounding what a crash "
+     "loses (0: only on changes)"},
     {"away-after", OPT_SECONDS, F(away_after), 0, "300", 1, 86400,
      "seconds without user activity before a session that opted in (auto_away) turns away"},
     {"max-subscriptions", OPT_UINT, F(max_subscriptions), 0, "10000", 1, 10000000,
@@ -99,6 +102,24 @@ static const struct opt opts[] = {
      "file of HTTP API keys, one a line (at least 16 characters); the /v1/ API is off without"},
     {"sse-keepalive", OPT_SECONDS, F(sse_keepalive), 0, "15", 1, 3600,
      "seconds between keep-alive comments on /v1/events streams"},
+    {"webhook-url", OPT_LIST, F(webhook_url), offsetof(pd_config_t, webhook_url_count), NULL, 0, 0,
+     "URL to POST user online/offline and room occupied/vacated events to (repeatable)"},
+    {"webhook-secret-file", OPT_STRING, F(webhook_secret_file), 0, NULL, 0, 0,
+     "file holding the secret that signs webhook bodies (HMAC-SHA256; needed with webhook-url)"},
+    {"redis", OPT_STRING, F(redis), 0, NULL, 0, 0,
+     "redis://HOST:PORT of a standalone Redis 7 shared by several nodes (instead of the "
+     "embedded store)"},
+    {"redis-cluster", OPT_STRING, F(redis_cluster), 0, NULL, 0, 0,
+     "HOST:PORT[,HOST:PORT...] of some Redis Cluster nodes (instead of the embedded store)"},
+    {"node-id", OPT_STRING, F(node_id), 0, NULL, 0, 0,
+     "this node's id among the nodes sharing Redis (letters, digits, - _); default random"},
+    {"node-lease-ttl", OPT_SECONDS, F(node_lease_ttl), 0, "10", 1, 3600,
+     "seconds after its last lease refresh that a silent node's sessions are swept"},
+    {"redis-timeout", OPT_SECONDS, F(redis_timeout), 0, "2", 0.1, 60,
+     "seconds to connect to Redis and for each of its replies"},
+    {"redis-seed-compat", OPT_BOOL, F(redis_seed_compat), 0, NULL, 0, 0,
+     "also keep the seed service's keys (presence:ID, presence:heartbeat:ID) and channel "
+     "(presence:updates): costs a write per heartbeat"},
     {"log-level", OPT_LEVEL, F(log_level), 0, "info", 0, 0, "debug, info, warn or error"},
     {"log-format", OPT_FORMAT, F(log_format), 0, "text", 0, 0, "text or json (one object a line)"},
     {"dev-auth", OPT_BOOL, F(dev_auth), 0, NULL, 0, 0,
@@ -329,6 +350,9 @@ void pd_config_free(pd_config_t *cfg) {
     for (uint32_t i = 0; i < cfg->allow_origin_count; i++)
         free(cfg->allow_origin[i]);
     cfg->allow_origin_count = 0;
+    for (uint32_t i = 0; i < cfg->webhook_url_count; i++)
+        free(cfg->webhook_url[i]);
+    cfg->webhook_url_count = 0;
 }
 
 int pd_config_parse_args(pd_config_t *cfg, int argc, char **argv, FILE *err) {

@@ -26,12 +26,13 @@ typedef struct pd_config {
     uint32_t max_message; /* bytes */
     uint32_t out_max;     /* bytes */
     uint32_t max_connections;
-    uint32_t request_timeout;   /* ms */
-    uint32_t keepalive_timeout; /* ms */
-    uint32_t close_timeout;     /* ms */
-    uint32_t heartbeat_ttl;     /* ms */
-    uint32_t offline_grace;     /* ms */
-    uint32_t away_after;        /* ms */
+    uint32_t request_timeout;      /* ms */
+    uint32_t keepalive_timeout;    /* ms */
+    uint32_t close_timeout;        /* ms */
+    uint32_t heartbeat_ttl;        /* ms */
+    uint32_t offline_grace;        /* ms */
+    uint32_t last_seen_checkpoint; /* ms */
+    uint32_t away_after;           /* ms */
     uint32_t max_subscriptions;
     uint32_t max_ids; /* user ids per request */
     uint32_t room_announce_max;
@@ -50,6 +51,15 @@ typedef struct pd_config {
     char client_dir[1024];
     char api_keys_file[1024];
     uint32_t sse_keepalive; /* ms */
+    char *webhook_url[PD_CONFIG_LIST_MAX];
+    uint32_t webhook_url_count;
+    char webhook_secret_file[1024];
+    char redis[256];          /* redis://host:port */
+    char redis_cluster[1024]; /* host:port,host:port */
+    char node_id[64];
+    uint32_t node_lease_ttl; /* ms */
+    uint32_t redis_timeout;  /* ms */
+    bool redis_seed_compat;
     char log_level[16];
     char log_format[16];
     bool dev_auth;

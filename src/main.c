@@ -22,10 +22,12 @@
 #include "metrics.h"
 #include "server/server.h"
 #include "store/persist.h"
+#include "store/store_redis.h"
 #include "store/store_local.h"
 #include "util/clock.h"
 #include "util/hashmap.h"
 #include "util/wheel.h"
+#include "webhooks/webhooks.h"
 #include "ws/frame.h"
 
 #ifndef PD_VERSION
@@ -54,9 +56,13 @@ struct app {
     rooms_t *rooms;
     events_t events;
     api_t *api;
+    webhooks_t *webhooks;
     uv_timer_t drain_timer;
-    bool draining; /* SIGTERM: connections closed with 1012, waiting out the grace window */
-    bool stopping; /* any shutdown begun: /readyz says 503 */
+    bool draining;       /* SIGTERM: connections closed with 1012, waiting out the grace window */
+    bool stopping;       /* any shutdown begun: /readyz says 503 */
+    bool signals_forced; /* a second signal: nothing more is waited for */
+    uint64_t last_tick, lag_window_start; /* ms, for the loop-lag gauge */
+    int64_t lag_cur, lag_prev;            /* ms: worst lag of this and the last window */
     dispatch_t *dispatch;
     server_t *server;
     const char *origins[PD_CONFIG_LIST_MAX];
@@ -65,6 +71,7 @@ struct app {
 
 static int build_server_config(struct app *a, server_config_t *sc);
 static int setup_auth(struct app *a);
+static int setup_redis(struct app *a);
 static int setup_static(struct app *a);
 
 static uint64_t clock_mono(void *ctx) {
@@ -78,9 +85,32 @@ static double clock_wall(void *ctx) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The wheel's tick doubles as the loop-lag probe: how much later than 10 ms after the
+ * previous one it runs is how long the loop was busy. Reported as the worst lag of the
+ * last 10 s window (the previous window's until the current one exceeds it). */
+#define LAG_WINDOW_MS 10000
+
 static void on_wheel_tick(uv_timer_t *t) {
     struct app *a = t->data;
+    uint64_t now = uv_hrtime() / 1000000;
+    if (a->last_tick) {
+        int64_t lag = (int64_t)(now - a->last_tick) - WHEEL_TICK_MS;
+        if (lag > a->lag_cur)
+            a->lag_cur = lag;
+    }
+    a->last_tick = now;
+    if (now - a->lag_window_start >= LAG_WINDOW_MS) {
+        a->lag_prev = a->lag_cur;
+        a->lag_cur = 0;
+        a->lag_window_start = now;
+    }
     wheel_advance(&a->wheel, uv_now(a->loop));
+}
+
+static double gauge_loop_lag(void *ctx) {
+    struct app *a = ctx;
+    int64_t worst = a->lag_cur > a->lag_prev ? a->lag_cur : a->lag_prev;
+    return (double)worst / 1000.0;
 }
 
 static void handle_healthz(void *ctx, http_exchange_t *ex, const http_request_t *req) {
@@ -110,15 +140,27 @@ static void close_walk(uv_handle_t *h, void *arg) {
         uv_close(h, NULL);
 }
 
+static void exit_now(struct app *a);
+
+static void on_webhooks_drained(void *arg) {
+    struct app *a = arg;
+    uv_timer_stop(&a->wheel_timer);
+    uv_timer_stop(&a->drain_timer);
+    server_close(a->server);
+    uv_walk(a->loop, close_walk, NULL);
+}
+
 static void exit_now(struct app *a) {
     /* Grace windows still open end now: the users they keep go offline (and last_seen is
      * written) before the process goes. */
     rooms_flush_lingering(a->rooms);
     engine_flush_lingering(a->engine);
-    uv_timer_stop(&a->wheel_timer);
-    uv_timer_stop(&a->drain_timer);
-    server_close(a->server);
-    uv_walk(a->loop, close_walk, NULL);
+    if (a->webhooks && !a->signals_forced) {
+        /* The offlines just published still go out, within the webhook timeout. */
+        webhooks_drain(a->webhooks, on_webhooks_drained, a);
+        return;
+    }
+    on_webhooks_drained(a);
 }
 
 static void on_drained(uv_timer_t *t) {
@@ -147,6 +189,7 @@ static void on_signal(uv_signal_t *h, int signum) {
     struct app *a = h->data;
     if (++a->signals > 1) {
         PD_WARN(&a->log, "main", "second signal: closing everything now");
+        a->signals_forced = true;
         exit_now(a);
         return;
     }
@@ -168,7 +211,10 @@ static void on_signal(uv_signal_t *h, int signum) {
 static void handle_readyz(void *ctx, http_exchange_t *ex, const http_request_t *req) {
     struct app *a = ctx;
     (void)req;
-    if (a->stopping)
+    if (a->store && a->store->ops->ready && !a->store->ops->ready(a->store))
+        http_exchange_respond(ex, 503, "text/plain; charset=utf-8", "Cache-Control: no-store\r\n",
+                              "store unavailable\n", 18);
+    else if (a->stopping)
         http_exchange_respond(ex, 503, "text/plain; charset=utf-8", "Cache-Control: no-store\r\n",
                               "draining\n", 9);
     else
@@ -204,6 +250,68 @@ static int setup_static(struct app *a) {
         mount_one(a, "/", a->cfg.static_dir, web))
         return -1;
     return static_register(&a->statics, &a->router);
+}
+
+/* The Redis store: one server (--redis) or a cluster (--redis-cluster). 0 or -1 (printed). */
+static int setup_redis(struct app *a) {
+    pd_config_t *c = &a->cfg;
+    if (c->redis[0] && c->redis_cluster[0]) {
+        fprintf(stderr, "presenced: give --redis or --redis-cluster, not both\n");
+        return -1;
+    }
+    static char seeds_buf[PD_CONFIG_LIST_MAX][256];
+    static const char *seeds[PD_CONFIG_LIST_MAX];
+    size_t n = 0;
+    if (c->redis[0]) {
+        if (store_redis_parse_url(c->redis, seeds_buf[0], sizeof(seeds_buf[0]))) {
+            fprintf(stderr,
+                    "presenced: invalid value for '--redis': '%s' is not "
+                    "redis://HOST:PORT\n",
+                    c->redis);
+            return -1;
+        }
+        seeds[n] = seeds_buf[n];
+        n++;
+    } else {
+        char list[1024];
+        snprintf(list, sizeof(list), "%s", c->redis_cluster);
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t && n < PD_CONFIG_LIST_MAX;
+             t = strtok_r(NULL, ",", &save)) {
+            if (store_redis_parse_url(t, seeds_buf[n], sizeof(seeds_buf[n]))) {
+                fprintf(stderr,
+                        "presenced: invalid value for '--redis-cluster': '%s' is not "
+                        "HOST:PORT\n",
+                        t);
+                return -1;
+            }
+            seeds[n] = seeds_buf[n];
+            n++;
+        }
+    }
+    if (!c->node_id[0]) {
+        unsigned char rnd[8];
+        randombytes_buf(rnd, sizeof(rnd));
+        for (int i = 0; i < 8; i++)
+            snprintf(c->node_id + 2 * i, 3, "%02x", rnd[i]);
+    }
+    for (const char *p = c->node_id; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_')) {
+            fprintf(stderr, "presenced: invalid value for '--node-id': letters, digits, - and _ "
+                            "only\n");
+            return -1;
+        }
+    }
+    store_redis_config_t rc = {.cluster = c->redis_cluster[0] != 0,
+                               .seeds = seeds,
+                               .nseeds = n,
+                               .node_id = c->node_id,
+                               .lease_ttl_ms = c->node_lease_ttl,
+                               .timeout_ms = c->redis_timeout,
+                               .seed_compat = c->redis_seed_compat,
+                               .heartbeat_ttl_ms = c->heartbeat_ttl};
+    a->store = store_redis_new(a->loop, &a->wheel, &a->clock, &rc, &a->log, a->metrics, stderr);
+    return a->store ? 0 : -1;
 }
 
 /* Loads the token key named by the flags. 0, or -1 after printing why. */
@@ -314,6 +422,9 @@ int main(int argc, char **argv) {
     }
     uv_timer_init(a->loop, &a->wheel_timer);
     a->wheel_timer.data = a;
+    pd_metrics_gauge_fn(a->metrics, "presenced_loop_lag_seconds",
+                        "Worst lateness of the event loop's 10 ms tick over the last 10 s", NULL,
+                        NULL, gauge_loop_lag, a);
     uv_timer_init(a->loop, &a->drain_timer);
     a->drain_timer.data = a;
     uv_timer_start(&a->wheel_timer, on_wheel_tick, WHEEL_TICK_MS, WHEEL_TICK_MS);
@@ -333,8 +444,16 @@ int main(int argc, char **argv) {
         exit_code = 2;
         goto out;
     }
-    a->store = store_local_new(&a->hashkey, &a->wheel, &a->clock);
-    if (a->store && !a->cfg.ephemeral) {
+    if (a->cfg.redis[0] || a->cfg.redis_cluster[0]) {
+        if (setup_redis(a) != 0) {
+            exit_code = 2;
+            goto out;
+        }
+    } else {
+        a->store = store_local_new(&a->hashkey, &a->wheel, &a->clock);
+    }
+    if (a->store && !a->cfg.ephemeral && a->store->ops != NULL &&
+        strcmp(a->store->ops->name, "local") == 0) {
         char err[512];
         if (persist_open(a->cfg.data_dir, &a->log, &a->persist, err, sizeof(err)) != 0) {
             PD_ERROR(&a->log, "main", "refusing to start: %s", err);
@@ -357,6 +476,7 @@ int main(int argc, char **argv) {
     engine_config_default(&ec);
     ec.heartbeat_ttl_ms = a->cfg.heartbeat_ttl;
     ec.offline_grace_ms = a->cfg.offline_grace;
+    ec.checkpoint_ms = a->cfg.last_seen_checkpoint;
     ec.away_after_ms = a->cfg.away_after;
     ec.max_subscriptions = a->cfg.max_subscriptions;
     ec.max_contacts = a->cfg.max_contacts;
@@ -401,6 +521,19 @@ int main(int argc, char **argv) {
         }
         api_register(a->api, &a->router);
         PD_INFO(&a->log, "main", "HTTP API at /v1/ (keys from %s)", a->cfg.api_keys_file);
+    }
+    if (a->cfg.webhook_url_count) {
+        webhooks_config_t wc;
+        webhooks_config_default(&wc);
+        wc.urls = (const char *const *)a->cfg.webhook_url;
+        wc.nurls = a->cfg.webhook_url_count;
+        wc.secret_file = a->cfg.webhook_secret_file[0] ? a->cfg.webhook_secret_file : NULL;
+        a->webhooks =
+            webhooks_new(a->loop, &wc, &a->events, &a->clock, &a->log, a->metrics, stderr);
+        if (!a->webhooks) {
+            exit_code = 2;
+            goto out;
+        }
     }
     /* Last: the demo page's mount at / takes whatever the routes above do not. */
     if (setup_static(a) != 0)
@@ -449,6 +582,7 @@ out:
         uv_walk(a->loop, close_walk, NULL);
         uv_run(a->loop, UV_RUN_DEFAULT);
     }
+    webhooks_free(a->webhooks);
     api_free(a->api);
     dispatch_free(a->dispatch);
     rooms_free(a->rooms);

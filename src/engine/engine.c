@@ -8,6 +8,7 @@
  */
 #include "engine/engine.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,6 +81,7 @@ struct engine {
     istr_table_t labels;
     uint64_t next_sid;
     uint32_t epoch;
+    wheel_timer_t checkpoint; /* live users' last_seen to the store (store_ops.seen) */
     struct engine_counters n;
 };
 
@@ -102,6 +104,7 @@ void engine_config_default(engine_config_t *cfg) {
     cfg->away_after_ms = 300000;
     cfg->max_subscriptions = 10000;
     cfg->max_contacts = 5000;
+    cfg->checkpoint_ms = 15000;
 }
 
 static uint64_t now_ms(engine_t *e) {
@@ -219,14 +222,19 @@ static void remove_sub(engine_t *e, struct sub *s) {
 
 /* --- Fan-out --- */
 
-static void on_presence_changed(void *ctx, const pd_presence_t *p) {
+/* A change this node caused: told to the backends' feed (events reach it exactly once). */
+static void on_presence_caused(void *ctx, const pd_presence_t *p) {
     engine_t *e = ctx;
-    (*e->n.changes)++;
     pd_str_t uid = {p->user_id, p->user_id_len};
     events_publish(e->events, &(pd_event_t){.kind = PD_EV_PRESENCE,
                                             .prev_status = p->prev_status,
                                             .user = uid,
                                             .presence = p});
+}
+
+static void on_presence_changed(void *ctx, const pd_presence_t *p) {
+    engine_t *e = ctx;
+    (*e->n.changes)++;
     struct euser *u = find_user(e, (pd_str_t){p->user_id, p->user_id_len});
     if (!u || !u->watchers)
         return;
@@ -444,8 +452,12 @@ void engine_heartbeat(session_t *s, pd_str_t device) {
         return;
     bool new_device = device.s && (!s->device || s->device->len != device.len ||
                                    memcmp(s->device->s, device.s, device.len) != 0);
-    if (s->present && !new_device)
+    if (s->present && !new_device) {
+        /* Stores that mirror heartbeats (seed compatibility) see them; others cost nothing. */
+        if (s->e->store->ops->heartbeat)
+            s->e->store->ops->heartbeat(s->e->store, user_id(s->user));
         return;
+    }
     if (!s->present) {
         engine_update_t u = {.status = -1, .announce = false, .device = device, .auto_away = -1};
         engine_update(s, &u, NULL, NULL);
@@ -912,9 +924,60 @@ int engine_privacy_change(session_t *s, int op, uint8_t visibility, pd_str_t oth
     return rc;
 }
 
+/* The store's backend came back: every present session here is registered again (the
+ * backend may have lost them, or swept them as a dead node's), with its claim and device. */
+static void on_resync(void *ctx) {
+    engine_t *e = ctx;
+    uint64_t n = 0;
+    for (hmap_node_t *h = hmap_first(&e->users); h; h = hmap_next(&e->users, h))
+        for (session_t *s = ((struct euser *)h)->sessions; s; s = s->u_next)
+            if (s->present && !s->closed && push_session(s, NULL, NULL, NULL) == 0)
+                n++;
+    PD_INFO(e->log, "engine", "store back: %llu sessions registered again", (unsigned long long)n);
+}
+
 /* --- Engine --- */
 
+/* Gauges read from the store at scrape time; NaN from a store that cannot tell. */
+static double store_stat(engine_t *e, int which) {
+    store_stats_t s;
+    if (!e->store->ops->stats || e->store->ops->stats(e->store, &s) != 0)
+        return 0.0 / 0.0;
+    return which <= PD_BUSY ? (double)s.users[which]
+           : which == 4     ? (double)s.rooms
+                            : (double)s.members;
+}
+static double gauge_offline(void *ctx) {
+    return store_stat(ctx, PD_OFFLINE);
+}
+static double gauge_away(void *ctx) {
+    return store_stat(ctx, PD_AWAY);
+}
+static double gauge_online(void *ctx) {
+    return store_stat(ctx, PD_ONLINE);
+}
+static double gauge_busy(void *ctx) {
+    return store_stat(ctx, PD_BUSY);
+}
+static double gauge_rooms(void *ctx) {
+    return store_stat(ctx, 4);
+}
+static double gauge_members(void *ctx) {
+    return store_stat(ctx, 5);
+}
+
 static void register_metrics(engine_t *e, pd_metrics_t *m) {
+    if (m) {
+        static const char help[] = "Known users by visible status (every user the store holds)";
+        pd_metrics_gauge_fn(m, "presenced_users", help, "status", "offline", gauge_offline, e);
+        pd_metrics_gauge_fn(m, "presenced_users", help, "status", "away", gauge_away, e);
+        pd_metrics_gauge_fn(m, "presenced_users", help, "status", "online", gauge_online, e);
+        pd_metrics_gauge_fn(m, "presenced_users", help, "status", "busy", gauge_busy, e);
+        pd_metrics_gauge_fn(m, "presenced_rooms", "Rooms with at least one member", NULL, NULL,
+                            gauge_rooms, e);
+        pd_metrics_gauge_fn(m, "presenced_room_members", "Members, summed over rooms", NULL, NULL,
+                            gauge_members, e);
+    }
 #define COUNTER(field, name, help)                                                                 \
     do {                                                                                           \
         e->n.field = m ? pd_metrics_counter(m, name, help, NULL, NULL) : NULL;                     \
@@ -946,6 +1009,24 @@ static void register_metrics(engine_t *e, pd_metrics_t *m) {
 #undef GAUGE
 }
 
+/* Heartbeats never reach the store (they are the hot path), so a crash would leave a live
+ * user's last_seen at their last change; this hands each live user's latest sign of life to
+ * the store once per period instead. O(users known here) per period. */
+static void checkpoint_fire(wheel_timer_t *t, uint64_t now) {
+    engine_t *e = (engine_t *)((char *)t - offsetof(engine_t, checkpoint));
+    for (hmap_node_t *n = hmap_first(&e->users); n; n = hmap_next(&e->users, n)) {
+        struct euser *u = (struct euser *)n;
+        bool live = false;
+        for (session_t *s = u->sessions; s && !live; s = s->u_next)
+            live = s->present && s->client;
+        if (!live)
+            continue;
+        pd_presence_t p = {.user_id = u->id, .user_id_len = u->id_len};
+        e->store->ops->seen(e->store, user_id(u), local_last_seen(e, &p));
+    }
+    wheel_schedule(e->wheel, t, now + e->cfg.checkpoint_ms);
+}
+
 engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
                      const pd_clock_t *clock, const pd_hashkey_t *key,
                      const engine_client_ops_t *ops, const engine_codec_t *codec, pd_log_t *log,
@@ -967,7 +1048,11 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
         return NULL;
     }
     register_metrics(e, metrics);
-    store_listen_presence(store, e, on_presence_changed, on_privacy_changed);
+    store_listen_presence(store, e, on_presence_changed, on_presence_caused, on_privacy_changed,
+                          on_resync);
+    wheel_timer_init(&e->checkpoint, checkpoint_fire);
+    if (e->cfg.checkpoint_ms && store->ops->seen)
+        wheel_schedule(wheel, &e->checkpoint, now_ms(e) + e->cfg.checkpoint_ms);
     return e;
 }
 
@@ -978,6 +1063,7 @@ void engine_set_events(engine_t *e, events_t *events) {
 void engine_free(engine_t *e) {
     if (!e)
         return;
+    wheel_cancel(e->wheel, &e->checkpoint);
     if (e->users.buckets) {
         for (hmap_node_t *n = hmap_first(&e->users); n;) {
             struct euser *u = (struct euser *)n;
@@ -1001,7 +1087,7 @@ void engine_free(engine_t *e) {
         }
     }
     if (e->store)
-        store_listen_presence(e->store, NULL, NULL, NULL);
+        store_listen_presence(e->store, NULL, NULL, NULL, NULL, NULL);
     hmap_destroy(&e->users);
     hmap_destroy(&e->subs);
     if (e->labels.map.buckets)

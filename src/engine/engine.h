@@ -59,6 +59,7 @@ typedef struct engine_config {
     uint32_t away_after_ms;     /* opt-in server-side idle: away after this long */
     uint32_t max_subscriptions; /* watched users per connection */
     uint32_t max_contacts;      /* contacts, and blocked users, per user */
+    uint32_t checkpoint_ms;     /* live users' last_seen reaches the store this often (0: off) */
 } engine_config_t;
 
 void engine_config_default(engine_config_t *cfg);

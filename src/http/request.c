@@ -28,6 +28,7 @@ struct http_reqparser {
     const char *feed_start, *feed_end, *val_end;
     uint64_t feed_seq, val_seq;
     bool val_at_feed_end;
+    uint8_t line_state, proto_pos; /* check_request_line */
     struct hdr_off hdrs[HTTP_HEADERS_MAX];
     http_request_t req;
 };
@@ -308,6 +309,40 @@ static int status_for(enum http_errno e) {
     }
 }
 
+/* The protocol name of a request line is exactly "HTTP" (RFC 9112 section 2.3); the lenient
+ * http_parser Debian ships lets "HTTQ/1.1" through, so the bytes it consumed are followed
+ * here up to the name. Returns false on a wrong name. */
+enum { LINE_START, LINE_METHOD, LINE_TARGET, LINE_PROTO, LINE_DONE };
+
+static bool check_request_line(struct http_reqparser *p, const char *data, size_t n) {
+    static const char name[] = "HTTP/";
+    for (size_t i = 0; i < n && p->line_state != LINE_DONE; i++) {
+        char c = data[i];
+        switch (p->line_state) {
+        case LINE_START: /* CRLFs between requests */
+            if (c != '\r' && c != '\n')
+                p->line_state = LINE_METHOD;
+            break;
+        case LINE_METHOD:
+        case LINE_TARGET:
+            if (c == '\r' || c == '\n')
+                p->line_state = LINE_DONE; /* no protocol: http_parser refuses it */
+            else if (c == ' ') {
+                p->line_state++;
+                p->proto_pos = 0;
+            }
+            break;
+        case LINE_PROTO:
+            if (c != name[p->proto_pos])
+                return false;
+            if (++p->proto_pos == sizeof(name) - 1)
+                p->line_state = LINE_DONE;
+            break;
+        }
+    }
+    return true;
+}
+
 size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
                            const http_request_t **out, int *status) {
     *out = NULL;
@@ -344,8 +379,13 @@ size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
         *status = p->err_status ? p->err_status : status_for(e);
         return n;
     }
+    if (!check_request_line(p, data, n)) {
+        *status = 400;
+        return n;
+    }
     if (p->complete) {
         p->head_raw = 0;
+        p->line_state = LINE_START; /* http_parser paused at the end of this request */
         const http_request_t *r = &p->req;
         /* HTTP/1.1 requires Host (RFC 9112 section 3.2); only 1.x is spoken here. */
         if (r->version_major != 1) {

@@ -49,6 +49,7 @@ struct rlink {
     wheel_timer_t timer;           /* signal throttle while live; grace while lingering */
     uint64_t last_emit;            /* ms */
     pd_str_t cursor;               /* pending cursor payload (owned) */
+    pd_str_t md; /* the metadata last set (owned), to register it again after a resync */
     uint64_t sid;
     uint16_t pending; /* store calls in flight */
     int8_t typing;    /* pending typing signal, -1 none */
@@ -285,19 +286,24 @@ static void update_mode(struct lroom *lr, uint32_t count) {
         lr->mode = MODE_INTERVAL;
 }
 
+/* A membership change this node caused: told to the backends' feed, once across nodes. */
+static void on_room_caused(void *ctx, const store_room_event_t *ev) {
+    rooms_t *r = ctx;
+    static const uint8_t kinds[] = {[STORE_ROOM_JOINED] = PD_EV_MEMBER_JOINED,
+                                    [STORE_ROOM_LEFT] = PD_EV_MEMBER_LEFT,
+                                    [STORE_ROOM_UPDATED] = PD_EV_MEMBER_UPDATED};
+    if (ev->kind == STORE_ROOM_SIGNAL)
+        return;
+    events_publish(r->events, &(pd_event_t){.kind = kinds[ev->kind],
+                                            .reason = ev->reason,
+                                            .count = ev->count,
+                                            .user = ev->user,
+                                            .room = ev->room,
+                                            .member = ev->member});
+}
+
 static void on_room_event(void *ctx, const store_room_event_t *ev) {
     rooms_t *r = ctx;
-    if (ev->kind != STORE_ROOM_SIGNAL) {
-        static const uint8_t kinds[] = {[STORE_ROOM_JOINED] = PD_EV_MEMBER_JOINED,
-                                        [STORE_ROOM_LEFT] = PD_EV_MEMBER_LEFT,
-                                        [STORE_ROOM_UPDATED] = PD_EV_MEMBER_UPDATED};
-        events_publish(r->events, &(pd_event_t){.kind = kinds[ev->kind],
-                                                .reason = ev->reason,
-                                                .count = ev->count,
-                                                .user = ev->user,
-                                                .room = ev->room,
-                                                .member = ev->member});
-    }
     struct lroom *lr = find_room(r, ev->room);
     if (!lr)
         return;
@@ -406,6 +412,7 @@ static void maybe_free_link(struct rlink *l) {
     struct lroom *lr = l->room;
     wheel_cancel(r->wheel, &l->timer);
     free((char *)l->cursor.s);
+    free((char *)l->md.s);
     free(l);
     (*r->n.links)--;
     lr->refs--;
@@ -464,6 +471,19 @@ static void joined(void *arg, int err, const pd_member_t *me, bool fresh, uint32
         free(q);
         maybe_free_link(l);
     }
+}
+
+/* Keeps a copy of the metadata a link last set (for a resync). */
+static void remember_md(struct rlink *l, pd_str_t md) {
+    if (!md.s)
+        return;
+    char *copy = malloc(md.len + 1);
+    if (!copy)
+        return; /* a resync then keeps what the store has */
+    memcpy(copy, md.s, md.len);
+    copy[md.len] = '\0';
+    free((char *)l->md.s);
+    l->md = (pd_str_t){copy, md.len};
 }
 
 static store_room_conn_t conn_of(session_t *s, uint64_t sid) {
@@ -527,6 +547,7 @@ int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, ro
     q->state = cb;
     q->arg = arg;
     q->fresh = fresh_link;
+    remember_md(l, metadata);
     l->pending++;
     store_room_conn_t c = conn_of(s, l->sid);
     int rc =
@@ -613,6 +634,7 @@ int rooms_update(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, 
     q->link = l;
     q->done = done;
     q->arg = arg;
+    remember_md(l, metadata);
     l->pending++;
     int rc = store_room_update(r->store, channel, l->user, metadata, updated, q);
     if (rc) {
@@ -768,6 +790,34 @@ static void register_metrics(rooms_t *r, pd_metrics_t *m) {
 #undef GAUGE
 }
 
+static void resync_joined(void *arg, int err, const pd_member_t *me, bool fresh, uint32_t count) {
+    (void)err;
+    (void)me;
+    (void)fresh;
+    (void)count;
+    struct rlink *l = arg;
+    l->pending--;
+    maybe_free_link(l);
+}
+
+/* The store's backend came back: every live connection here joins its rooms again, with the
+ * metadata it set (the backend may have lost them, or swept them as a dead node's). */
+static void on_room_resync(void *ctx) {
+    rooms_t *r = ctx;
+    for (hmap_node_t *h = hmap_first(&r->rooms); h; h = hmap_next(&r->rooms, h)) {
+        struct lroom *lr = (struct lroom *)h;
+        for (struct rlink *l = lr->links; l; l = l->r_next) {
+            if (!l->s)
+                continue;
+            store_room_conn_t c = conn_of(l->s, l->sid);
+            l->pending++;
+            if (store_room_join(r->store, room_name(lr), l->user, &c, l->md, r->cfg.max_members,
+                                resync_joined, l) != 0)
+                l->pending--;
+        }
+    }
+}
+
 rooms_t *rooms_new(const rooms_config_t *cfg, engine_t *engine, store_t *store, wheel_t *wheel,
                    const pd_clock_t *clock, const pd_hashkey_t *key, const rooms_codec_t *codec,
                    pd_log_t *log, pd_metrics_t *metrics) {
@@ -788,7 +838,7 @@ rooms_t *rooms_new(const rooms_config_t *cfg, engine_t *engine, store_t *store, 
         return NULL;
     }
     register_metrics(r, metrics);
-    store_listen_rooms(store, r, on_room_event);
+    store_listen_rooms(store, r, on_room_event, on_room_caused, on_room_resync);
     return r;
 }
 
@@ -800,7 +850,7 @@ void rooms_free(rooms_t *r) {
     if (!r)
         return;
     rooms_flush_lingering(r);
-    store_listen_rooms(r->store, NULL, NULL);
+    store_listen_rooms(r->store, NULL, NULL, NULL, NULL);
     /* Every connection is closed by now; what is left is rooms whose links wait for nothing. */
     for (hmap_node_t *n = hmap_first(&r->rooms); n;) {
         struct lroom *lr = (struct lroom *)n;

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdbool.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,8 +9,12 @@
 #include "store/persist.h"
 #include "util/error.h"
 
-#define SCHEMA_VERSION 1
+/* Version 1 lacked the expiry and server-status columns (early builds) and kept
+ * privacy_entries' columns in another order than its key; version 2 migrates both. */
+#define SCHEMA_VERSION 2
 
+/* privacy_entries lists its columns in primary-key order: SQLite 3.40's quick_check misreads
+ * WITHOUT ROWID tables whose key order differs from the column order ("NULL value in ..."). */
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS users ("
     "  id TEXT PRIMARY KEY,"
@@ -25,10 +30,28 @@ static const char schema[] =
     ") WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS privacy_entries ("
     "  user TEXT NOT NULL,"
-    "  other TEXT NOT NULL,"
     "  blocked INTEGER NOT NULL," /* 0: a contact of user; 1: blocked by user */
+    "  other TEXT NOT NULL,"
     "  PRIMARY KEY (user, blocked, other)"
     ") WITHOUT ROWID;";
+
+/* Version 1 to 2, in one transaction with the version bump. */
+static const char *const migrate_v1_columns[] = {
+    "activity_expires REAL NOT NULL DEFAULT 0",
+    "server_status INTEGER NOT NULL DEFAULT 0",
+    "server_status_expires REAL NOT NULL DEFAULT 0",
+};
+static const char migrate_v1_entries[] =
+    "CREATE TABLE privacy_entries_v2 ("
+    "  user TEXT NOT NULL,"
+    "  blocked INTEGER NOT NULL,"
+    "  other TEXT NOT NULL,"
+    "  PRIMARY KEY (user, blocked, other)"
+    ") WITHOUT ROWID;"
+    "INSERT INTO privacy_entries_v2 (user, blocked, other) "
+    "  SELECT user, blocked, other FROM privacy_entries;"
+    "DROP TABLE privacy_entries;"
+    "ALTER TABLE privacy_entries_v2 RENAME TO privacy_entries;";
 
 enum stmt {
     S_FIELDS,
@@ -73,6 +96,36 @@ struct persist {
     char path[4096];
 };
 
+static int exec_text(sqlite3 *db, const char *sql, char *out, size_t out_size);
+
+static bool has_column(sqlite3 *db, const char *table, const char *column) {
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT 1 FROM pragma_table_info('%s') WHERE name = '%s'", table,
+             column);
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+        return false;
+    bool found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_finalize(s);
+    return found;
+}
+
+/* Brings a version-1 file to version 2; builds between the two already had some columns. */
+static int migrate_v1(sqlite3 *db, char **msg) {
+    for (size_t i = 0; i < sizeof(migrate_v1_columns) / sizeof(migrate_v1_columns[0]); i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%.*s", (int)strcspn(migrate_v1_columns[i], " "),
+                 migrate_v1_columns[i]);
+        if (has_column(db, "users", name))
+            continue;
+        char sql[160];
+        snprintf(sql, sizeof(sql), "ALTER TABLE users ADD COLUMN %s", migrate_v1_columns[i]);
+        if (sqlite3_exec(db, sql, NULL, NULL, msg) != SQLITE_OK)
+            return -1;
+    }
+    return sqlite3_exec(db, migrate_v1_entries, NULL, NULL, msg) == SQLITE_OK ? 0 : -1;
+}
+
 static int exec_text(sqlite3 *db, const char *sql, char *out, size_t out_size) {
     sqlite3_stmt *s;
     if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
@@ -107,8 +160,13 @@ int persist_open(const char *dir, pd_log_t *log, persist_t **out, char *err, siz
         goto err_close;
     }
     sqlite3_busy_timeout(p->db, 5000);
-    /* quick_check reads every page: a damaged file is refused here, never run on empty. */
-    if (exec_text(p->db, "PRAGMA quick_check", text, sizeof(text)) != 0 || strcmp(text, "ok")) {
+    /* quick_check reads every page: a damaged file is refused here, never run on empty. A
+     * complaint is confirmed by the full integrity_check, which a version-1 file needs (see
+     * schema). */
+    if (exec_text(p->db, "PRAGMA quick_check", text, sizeof(text)) != 0 ||
+        (strcmp(text, "ok") &&
+         (exec_text(p->db, "PRAGMA integrity_check", text, sizeof(text)) != 0 ||
+          strcmp(text, "ok")))) {
         snprintf(err, err_size,
                  "'%s' is not a healthy SQLite database (%s); restore it from a "
                  "backup or move it away",
@@ -132,15 +190,24 @@ int persist_open(const char *dir, pd_log_t *log, persist_t **out, char *err, siz
                  p->path, version, SCHEMA_VERSION);
         goto err_close;
     }
-    /* Creating the schema doubles as the write check: an unwritable file fails here. */
+    /* Creating or migrating the schema doubles as the write check: an unwritable file fails
+     * here. */
     char *msg = NULL;
-    if (sqlite3_exec(p->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(p->db, "PRAGMA user_version=1", NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(p->db, "BEGIN IMMEDIATE; COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+    char set_version[64];
+    snprintf(set_version, sizeof(set_version), "PRAGMA user_version=%d", SCHEMA_VERSION);
+    if (sqlite3_exec(p->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
+        (version == 1 && migrate_v1(p->db, &msg) != 0) ||
+        sqlite3_exec(p->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(p->db, set_version, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(p->db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+        sqlite3_exec(p->db, "ROLLBACK", NULL, NULL, NULL);
         snprintf(err, err_size, "cannot write '%s': %s", p->path, msg ? msg : "unknown error");
         sqlite3_free(msg);
         goto err_close;
     }
+    if (version == 1)
+        PD_INFO(log, "persist", "migrated '%s' from schema version 1 to %d", p->path,
+                SCHEMA_VERSION);
     for (int i = 0; i < S_COUNT; i++) {
         if (sqlite3_prepare_v2(p->db, stmt_sql[i], -1, &p->st[i], NULL) != SQLITE_OK) {
             snprintf(err, err_size, "cannot prepare statements on '%s': %s", p->path,

@@ -68,7 +68,7 @@ enum store_remove_mode {
 /* Results. Pointers inside are valid only during the call. */
 typedef void (*store_presence_cb)(void *arg, int err, const pd_presence_t *p);
 typedef void (*store_remove_cb)(void *arg, int err, bool lingering);
-/* The presences the requester may see of the users asked for (in the order asked; unknown
+/* The presences the requester may see of the users asked for (in no particular order; unknown
  * users left out), and the ids of known users the privacy rule hides from the requester. */
 typedef void (*store_bulk_cb)(void *arg, int err, const pd_presence_t *ps, size_t n,
                               const pd_str_t *hidden, size_t nhidden);
@@ -157,19 +157,49 @@ typedef void (*store_members_cb)(void *arg, int err, const pd_member_t *ms, size
                                  uint32_t count, bool more);
 typedef void (*store_count_cb)(void *arg, int err, uint32_t count);
 
-/* Where a store announces visible changes: presence to the engine, rooms to the rooms
- * module, each with its own context. */
+/* Where a store announces changes: presence to the engine, rooms to the rooms module, each
+ * with its own context.
+ * - *_changed / room_event: every visible change of a user or room this node watches,
+ *   whichever node caused it: what local watchers and members are sent.
+ * - *_caused: every visible change this node's own calls caused, on this node only, so
+ *   each change reaches the event stream and webhooks exactly once across nodes.
+ * The local store announces both, the caused one first, before the callback of the call.
+ * A remote store announces changes when they arrive (before or after the callback). */
 typedef struct store_listener {
     void *ctx;
     void (*presence_changed)(void *ctx, const pd_presence_t *p);
+    void (*presence_caused)(void *ctx, const pd_presence_t *p);
     /* user's privacy settings changed: who may see them must be decided again */
     void (*privacy_changed)(void *ctx, pd_str_t user);
+    /* the store lost its backend and has it again: re-register what this node holds */
+    void (*resync)(void *ctx);
     void *room_ctx;
     void (*room_event)(void *room_ctx, const store_room_event_t *ev);
+    void (*room_caused)(void *room_ctx, const store_room_event_t *ev);
+    void (*room_resync)(void *room_ctx);
 } store_listener_t;
+
+/* Totals a store can tell cheaply, for metrics. */
+typedef struct store_stats {
+    uint64_t users[PD_BUSY + 1]; /* known users by aggregate status */
+    uint64_t rooms;              /* rooms with at least one member */
+    uint64_t members;            /* members, summed over rooms */
+} store_stats_t;
 
 typedef struct store_ops {
     const char *name;
+    /* Fills s; -1 when this store cannot tell (they live elsewhere). May be NULL. */
+    int (*stats)(store_t *st, store_stats_t *s);
+    /* True while the store can serve reads (its backend is reachable). NULL: always. */
+    bool (*ready)(store_t *st);
+    /* A heartbeat of a present session of user, for stores that must see them (seed
+     * compatibility). NULL for the others: heartbeats then cost the store nothing. */
+    void (*heartbeat)(store_t *st, pd_str_t user);
+    /* A sign of life (epoch seconds) of a user with present sessions on this node, so that
+     * last_seen survives a crash of the node within one checkpoint period. The engine calls it
+     * once per checkpoint for each such user; values not newer than the stored one are
+     * ignored. NULL: the store keeps last_seen as of the last change only. */
+    void (*seen)(store_t *st, pd_str_t user, double when);
     /* Adds or updates session s of user (a new sid ends the user's lingering sessions) and
      * applies the user-level fields; the callback gets the resulting presence. PD_ELIMIT when
      * the user already has PD_SESSIONS_PER_USER_MAX sessions. */
@@ -239,16 +269,24 @@ struct store {
 };
 
 static inline void store_listen_presence(store_t *st, void *ctx,
-                                         void (*fn)(void *, const pd_presence_t *),
-                                         void (*privacy)(void *, pd_str_t)) {
+                                         void (*changed)(void *, const pd_presence_t *),
+                                         void (*caused)(void *, const pd_presence_t *),
+                                         void (*privacy)(void *, pd_str_t),
+                                         void (*resync)(void *)) {
     st->listener.ctx = ctx;
-    st->listener.presence_changed = fn;
+    st->listener.presence_changed = changed;
+    st->listener.presence_caused = caused;
     st->listener.privacy_changed = privacy;
+    st->listener.resync = resync;
 }
 static inline void store_listen_rooms(store_t *st, void *ctx,
-                                      void (*fn)(void *, const store_room_event_t *)) {
+                                      void (*event)(void *, const store_room_event_t *),
+                                      void (*caused)(void *, const store_room_event_t *),
+                                      void (*resync)(void *)) {
     st->listener.room_ctx = ctx;
-    st->listener.room_event = fn;
+    st->listener.room_event = event;
+    st->listener.room_caused = caused;
+    st->listener.room_resync = resync;
 }
 static inline int store_session_upsert(store_t *st, pd_str_t user, const store_session_t *s,
                                        const store_user_fields_t *f, store_presence_cb cb,

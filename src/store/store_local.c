@@ -7,7 +7,9 @@
 #include "util/error.h"
 #include "util/istr.h"
 
-#define LAST_SEEN_FLUSH_MS 1000 /* write-behind period of last_seen */
+#define LAST_SEEN_FLUSH_MS  1000  /* write-behind period of last_seen */
+#define LAST_SEEN_FLUSH_MAX 20000 /* rows per flush: one flush blocks the loop ~20-40 ms at most   \
+                                   */
 
 struct ls_session {
     struct ls_session *next;
@@ -97,7 +99,9 @@ struct store_local {
     uint64_t seq;
     persist_t *persist; /* NULL: memory only */
     pd_log_t *log;
-    struct ls_user **dirty; /* users whose last_seen awaits the next flush */
+    uint64_t by_status[PD_BUSY + 1]; /* users by aggregate status (metrics) */
+    uint64_t members;                /* members summed over rooms (metrics) */
+    struct ls_user **dirty;          /* users whose last_seen awaits the next flush */
     size_t ndirty, dirty_cap;
     wheel_timer_t flush_timer;
 };
@@ -137,12 +141,12 @@ static struct ls_user *get_user(struct store_local *st, pd_str_t id) {
     u->id_len = (uint16_t)id.len;
     memcpy(u->id, id.s, id.len);
     hmap_insert(&st->users, &u->node, pd_hash(st->key, id.s, id.len));
+    st->by_status[PD_OFFLINE]++;
     return u;
 }
 
 /* last_seen moves in memory at once and reaches the database with the next flush. */
-static void touch_last_seen(struct store_local *st, struct ls_user *u) {
-    u->last_seen = pd_clock_wall(&st->clock);
+static void mark_dirty(struct store_local *st, struct ls_user *u) {
     if (!st->persist || u->dirty)
         return;
     if (st->ndirty == st->dirty_cap) {
@@ -159,6 +163,11 @@ static void touch_last_seen(struct store_local *st, struct ls_user *u) {
         wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
 }
 
+static void touch_last_seen(struct store_local *st, struct ls_user *u) {
+    u->last_seen = pd_clock_wall(&st->clock);
+    mark_dirty(st, u);
+}
+
 static const char *last_device(const struct ls_user *u) {
     const struct ls_session *latest = NULL;
     for (const struct ls_session *s = u->sessions; s; s = s->next)
@@ -167,11 +176,14 @@ static const char *last_device(const struct ls_user *u) {
     return latest ? latest->device->s : u->last_device ? u->last_device->s : NULL;
 }
 
-static void flush_last_seen(struct store_local *st) {
+/* Writes the oldest LAST_SEEN_FLUSH_MAX dirty users (all of them at shutdown); the rest wait
+ * for the next flush, so a burst (a checkpoint of many users) is spread over seconds. */
+static void flush_last_seen(struct store_local *st, bool all) {
     if (!st->persist || st->ndirty == 0)
         return;
+    size_t n = all || st->ndirty < LAST_SEEN_FLUSH_MAX ? st->ndirty : LAST_SEEN_FLUSH_MAX;
     int rc = persist_begin(st->persist);
-    for (size_t i = 0; rc == 0 && i < st->ndirty; i++) {
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         struct ls_user *u = st->dirty[i];
         rc = persist_save_last_seen(st->persist, (pd_str_t){u->id, u->id_len}, u->last_seen,
                                     last_device(u));
@@ -183,14 +195,18 @@ static void flush_last_seen(struct store_local *st) {
         wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
         return;
     }
-    for (size_t i = 0; i < st->ndirty; i++)
+    for (size_t i = 0; i < n; i++)
         st->dirty[i]->dirty = 0;
-    st->ndirty = 0;
+    memmove(st->dirty, st->dirty + n, (st->ndirty - n) * sizeof(*st->dirty));
+    st->ndirty -= n;
+    if (st->ndirty)
+        wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
 }
 
 static void flush_timer_fire(wheel_timer_t *t, uint64_t now) {
     (void)now;
-    flush_last_seen((struct store_local *)((char *)t - offsetof(struct store_local, flush_timer)));
+    flush_last_seen((struct store_local *)((char *)t - offsetof(struct store_local, flush_timer)),
+                    false);
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -297,11 +313,15 @@ static void finish_change(struct store_local *st, struct ls_user *u, struct visi
     compute(st, u, &after, false);
     bool changed = fields_changed || !visible_eq(before, &after);
     uint8_t before_status = before->status;
+    st->by_status[before_status]--;
+    st->by_status[after.status]++;
     release_visible(st, before);
     if (changed)
         u->version++;
     view(u, p, devs);
     p->prev_status = before_status;
+    if (changed && st->base.listener.presence_caused)
+        st->base.listener.presence_caused(st->base.listener.ctx, p);
     if (changed && st->base.listener.presence_changed)
         st->base.listener.presence_changed(st->base.listener.ctx, p);
 }
@@ -897,6 +917,14 @@ static int ls_can_see(store_t *base, pd_str_t target, const pd_str_t *requesters
     return 0;
 }
 
+static int ls_stats(store_t *base, store_stats_t *s) {
+    struct store_local *st = (struct store_local *)base;
+    memcpy(s->users, st->by_status, sizeof(s->users));
+    s->rooms = st->rooms.count;
+    s->members = st->members;
+    return 0;
+}
+
 static int ls_watch(store_t *base, pd_str_t user) {
     (void)base;
     (void)user;
@@ -916,7 +944,7 @@ static void ls_destroy(store_t *base) {
         if (u->sessions)
             touch_last_seen(st, u); /* sessions still open: now is their last sign of life */
     }
-    flush_last_seen(st);
+    flush_last_seen(st, true);
     wheel_cancel(st->wheel, &st->flush_timer);
     free(st->dirty);
     hmap_node_t *n = hmap_first(&st->users);
@@ -1013,6 +1041,14 @@ static void member_view(const struct lr_member *m, pd_member_t *v, const char **
     v->ndevices = nd;
 }
 
+/* Local changes are caused here and watched here: both announcements, caused first. */
+static void announce_room(struct store_local *st, const store_room_event_t *ev) {
+    if (ev->kind != STORE_ROOM_SIGNAL && st->base.listener.room_caused)
+        st->base.listener.room_caused(st->base.listener.room_ctx, ev);
+    if (st->base.listener.room_event)
+        st->base.listener.room_event(st->base.listener.room_ctx, ev);
+}
+
 static void announce_member(struct store_local *st, struct lr_room *r, struct lr_member *m,
                             int kind) {
     if (!st->base.listener.room_event)
@@ -1029,7 +1065,7 @@ static void announce_member(struct store_local *st, struct lr_room *r, struct lr
                              .room = {r->name, r->name_len},
                              .user = {m->id, m->id_len},
                              .member = &v};
-    st->base.listener.room_event(st->base.listener.room_ctx, &ev);
+    announce_room(st, &ev);
     if (dv != devs)
         free(dv);
 }
@@ -1067,6 +1103,7 @@ static void remove_member(struct store_local *st, struct lr_room *r, struct lr_m
     uint32_t i = sorted_lower(r, m->id, m->id_len, true);
     memmove(&r->sorted[i], &r->sorted[i + 1], sizeof(r->sorted[0]) * (r->count - i - 1));
     r->count--;
+    st->members--;
     hmap_remove(&r->members, &m->node);
     while (m->conns)
         drop_conn(st, m, &m->conns);
@@ -1114,6 +1151,7 @@ static int ls_room_join(store_t *base, pd_str_t room, pd_str_t user, const store
             goto err_room;
         }
         hmap_insert(&r->members, &m->node, pd_hash(st->key, user.s, user.len));
+        st->members++;
         uint32_t i = sorted_lower(r, user.s, user.len, true);
         memmove(&r->sorted[i + 1], &r->sorted[i], sizeof(r->sorted[0]) * (r->count - i));
         r->sorted[i] = m;
@@ -1231,7 +1269,7 @@ static int ls_room_leave(store_t *base, pd_str_t room, pd_str_t user, uint64_t s
                                      .count = r->count,
                                      .room = {r->name, r->name_len},
                                      .user = {id, idlen}};
-            st->base.listener.room_event(st->base.listener.room_ctx, &ev);
+            announce_room(st, &ev);
         }
         free_room_if_empty(st, r);
     } else {
@@ -1320,7 +1358,7 @@ static int ls_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signa
                              .room = room,
                              .user = user,
                              .payload = payload};
-    st->base.listener.room_event(st->base.listener.room_ctx, &ev);
+    announce_room(st, &ev);
     return 0;
 }
 
@@ -1335,8 +1373,20 @@ static void ls_room_unwatch(store_t *base, pd_str_t room) {
     (void)room;
 }
 
+/* Only worth it when there is a database to survive a crash in. */
+static void ls_seen(store_t *base, pd_str_t user, double when) {
+    struct store_local *st = (struct store_local *)base;
+    struct ls_user *u = st->persist ? find_user(st, user) : NULL;
+    if (!u || when <= u->last_seen)
+        return;
+    u->last_seen = when;
+    mark_dirty(st, u);
+}
+
 static const store_ops_t local_ops = {
     .name = "local",
+    .stats = ls_stats,
+    .seen = ls_seen,
     .session_upsert = ls_session_upsert,
     .user_update = ls_user_update,
     .session_remove = ls_session_remove,

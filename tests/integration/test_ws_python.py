@@ -235,7 +235,8 @@ class WsCore(unittest.IsolatedAsyncioTestCase):
 
 
 async def shutdown_check():
-    """A connected client gets 1001 on SIGTERM; returns (close code, daemon exit code)."""
+    """A connected client gets 1012 on SIGTERM (a drain); returns (close code, reason, daemon
+    exit code)."""
     async with connect("last") as ws:
         await ws.send(PING)
         assert await asyncio.wait_for(ws.recv(), 5) == PONG
@@ -252,15 +253,16 @@ async def shutdown_check():
 def main():
     global DAEMON
     t0 = time.monotonic()
-    DAEMON = Daemon(["--max-message", str(MAX_MESSAGE), "--close-timeout", "2"])
+    DAEMON = Daemon(["--max-message", str(MAX_MESSAGE), "--close-timeout", "2",
+                     "--offline-grace", "1"])
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(WsCore)
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     failures = len(result.failures) + len(result.errors)
     problems = []
     try:
         code, reason, rc = asyncio.run(asyncio.wait_for(shutdown_check(), 30))
-        if code != 1001 or reason != "server shutting down":
-            problems.append(f"shutdown: client closed with {code} {reason!r}, expected 1001")
+        if code != 1012 or reason != "server restarting: reconnect":
+            problems.append(f"shutdown: client closed with {code} {reason!r}, expected 1012")
     except Exception as e:  # noqa: BLE001 - any failure here is reported, then fails the run
         problems.append(f"shutdown check failed: {e!r}")
         rc = DAEMON.stop(15.0)

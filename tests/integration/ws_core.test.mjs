@@ -1,7 +1,7 @@
 // WebSocket core of presenced (RFC 6455) against the real daemon.
 //  - With Node `ws`: handshake, ping -> pong round trips, error replies, messages at the
 //    --max-message limit, fragmented messages, control ping/pong, close code echo, shutdown
-//    (1001) and --heartbeat-ttl (4000).
+//    (SIGINT: 1001; SIGTERM drains: 1012) and --heartbeat-ttl (4000).
 //  - With raw sockets, reading the server's close frame: handshake refusals with their exact
 //    HTTP status, and every protocol violation with its exact close code (1002, 1003, 1007,
 //    1009); after each, a fresh client still works, and /metrics counted it.
@@ -498,13 +498,13 @@ describe('ws core', () => {
         await waitForMetrics(d, (m) => metricValue(m, 'presenced_websockets_open') === 0, 5000, 'no open websocket left');
     });
 
-    test('SIGTERM: open clients get 1001, the daemon exits 0', T, async () => {
+    test('SIGINT: open clients get 1001, the daemon exits 0', T, async () => {
         const clients = [];
         for (let i = 0; i < 3; i++) clients.push(await openWs(d, { user: `s${i}` }));
         // One mid-way through a fragmented message.
         await clients[2].send('{"type":', { fin: false });
         const raw = await rawWsConnect(d);
-        d.signal('SIGTERM');
+        d.signal('SIGINT');
         for (const c of clients) {
             const r = await c.waitClose(5000);
             assert.equal(r.code, 1001);
@@ -592,13 +592,19 @@ describe('ws shutdown edge cases', () => {
         for (const d of live) await d.kill();
     });
 
-    test('SIGINT works as SIGTERM: 1001, exit 0', T, async () => {
-        const d = await startDaemon([]);
+    test('SIGTERM drains: 1012 "reconnect", presence kept through --offline-grace, exit 0', T, async () => {
+        const d = await startDaemon(['--offline-grace', '1']);
         live.push(d);
         const c = await openWs(d);
-        d.signal('SIGINT');
-        assert.equal((await c.waitClose(5000)).code, 1001);
+        const t0 = Date.now();
+        d.signal('SIGTERM');
+        const r = await c.waitClose(5000);
+        assert.equal(r.code, 1012);
+        assert.equal(r.reason, 'server restarting: reconnect');
         await d.waitExit(10000);
+        const elapsed = (Date.now() - t0) / 1000;
+        assert.ok(elapsed >= 0.9, `exited ${elapsed} s after SIGTERM, inside the grace window`);
+        assert.match(d.log, /keeping presence for the 1\.0 s grace window/);
     });
 
     test('a client that never answers the 1001 is dropped after --close-timeout; exit 0', T, async () => {
@@ -606,7 +612,7 @@ describe('ws shutdown edge cases', () => {
         live.push(d);
         const raw = await rawWsConnect(d);
         const t0 = Date.now();
-        d.signal('SIGTERM');
+        d.signal('SIGINT');
         assert.equal((await raw.readClose(5000)).code, 1001);
         await d.waitExit(10000); // no close frame from us: the server gives up after 1 s
         const elapsed = (Date.now() - t0) / 1000;
@@ -620,7 +626,7 @@ describe('ws shutdown edge cases', () => {
         live.push(d);
         const raw = await rawWsConnect(d); // never answers the 1001: the shutdown waits
         const c = await openWs(d);
-        d.signal('SIGTERM');
+        d.signal('SIGINT');
         assert.equal((await raw.readClose(5000)).code, 1001);
         assert.equal((await c.waitClose(5000)).code, 1001);
         await d.waitForLog(/shutting down: closing/, 5000);
@@ -638,7 +644,7 @@ describe('ws shutdown edge cases', () => {
         const http = await rawConnect(d);
         await http.write('GET /healthz HTTP/1.1\r\nHost: x\r\n'); // a request still arriving
         const raw = await rawWsConnect(d);
-        d.signal('SIGTERM');
+        d.signal('SIGINT');
         assert.equal((await raw.readClose(5000)).code, 1001);
         await http.write('\r\n');
         const r = await http.readResponse(5000);

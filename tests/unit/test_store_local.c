@@ -140,7 +140,7 @@ static int setup(void **state) {
     f->st = store_local_new(&f->key, &f->wheel, &f->clock);
     assert_non_null(f->st);
     assert_string_equal(f->st->ops->name, "local");
-    store_listen_presence(f->st, f, on_changed, NULL);
+    store_listen_presence(f->st, f, on_changed, NULL, NULL, NULL);
     *state = f;
     return 0;
 }
@@ -423,7 +423,7 @@ static void test_listener_runs_before_callback(void **state) {
 
 static void test_no_listener_is_fine(void **state) {
     fx_t *f = *state;
-    store_listen_presence(f->st, NULL, NULL, NULL);
+    store_listen_presence(f->st, NULL, NULL, NULL, NULL, NULL);
     assert_int_equal(upsert(f, "u", 1, "web", PD_ONLINE), 0);
     assert_int_equal(f->cb_calls, 1);
     assert_int_equal(f->nev, 0);
@@ -862,7 +862,8 @@ static void test_last_seen_follows_wall_clock(void **state) {
 
 static void test_many_users(void **state) {
     fx_t *f = *state;
-    store_listen_presence(f->st, NULL, NULL, NULL); /* thousands of events: not recorded */
+    store_listen_presence(f->st, NULL, NULL, NULL, NULL,
+                          NULL); /* thousands of events: not recorded */
     char id[32];
     for (int i = 0; i < 5000; i++) {
         snprintf(id, sizeof(id), "user-%d", i);

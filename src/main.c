@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -373,6 +374,30 @@ static int check_config(struct app *a) {
     return 0;
 }
 
+/* Files the process needs besides client sockets: listener, database, Redis, webhooks, logs. */
+#define FD_RESERVE 64
+
+/* Connections past the open-file limit would fail in accept() (and libuv would drop them at
+ * random); so the soft limit is raised to the hard one, and max-connections capped below it. */
+static uint32_t connections_allowed(struct app *a, uint32_t wanted) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return wanted;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit raised = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+            rl = raised;
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= (rlim_t)wanted + FD_RESERVE)
+        return wanted;
+    uint32_t cap = rl.rlim_cur > FD_RESERVE * 2 ? (uint32_t)(rl.rlim_cur - FD_RESERVE) : FD_RESERVE;
+    PD_INFO(&a->log, "main",
+            "max-connections %u capped at %u by the open-file limit (%llu); raise it (ulimit -n, "
+            "LimitNOFILE=) for more",
+            wanted, cap, (unsigned long long)rl.rlim_cur);
+    return cap;
+}
+
 static int build_server_config(struct app *a, server_config_t *sc) {
     server_config_default(sc);
     if (pd_config_parse_addr(a->cfg.listen, &sc->listen_addr))
@@ -384,7 +409,7 @@ static int build_server_config(struct app *a, server_config_t *sc) {
     sc->origins.count = a->cfg.allow_origin_count;
     sc->max_message = a->cfg.max_message;
     sc->out_max = a->cfg.out_max;
-    sc->max_connections = a->cfg.max_connections;
+    sc->max_connections = connections_allowed(a, a->cfg.max_connections);
     sc->request_timeout_ms = a->cfg.request_timeout;
     sc->keepalive_timeout_ms = a->cfg.keepalive_timeout;
     sc->close_timeout_ms = a->cfg.close_timeout;

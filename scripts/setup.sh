@@ -10,7 +10,8 @@ mode=${1:-build}
 build_pkgs=(build-essential cmake pkg-config libuv1-dev libhttp-parser-dev libcjson-dev
             libssl-dev libsodium-dev libsqlite3-dev libjwt-dev
             libinih-dev libcurl4-openssl-dev libhiredis-dev)
-test_pkgs=(clang clang-format libclang-rt-14-dev libcmocka-dev python3 python3-websockets chromium
+test_pkgs=(clang clang-format libclang-rt-14-dev libcmocka-dev python3 python3-websockets
+           python3-prometheus-client chromium
            redis-server redis-tools
            curl)
 

@@ -536,6 +536,7 @@ int main(int argc, char **argv) {
     if (a->cfg.api_keys_file[0]) {
         api_config_t ac = {.keys_file = a->cfg.api_keys_file,
                            .max_ids = a->cfg.max_ids,
+                           .max_contacts = a->cfg.max_contacts,
                            .sse_keepalive_ms = a->cfg.sse_keepalive,
                            .kick_code = 4002};
         a->api = api_new(&ac, a->engine, a->rooms, &a->events, &a->wheel, &a->clock, &a->log,

@@ -605,7 +605,7 @@ static void put_privacy(api_t *a, http_exchange_t *ex, const http_request_t *req
         }
         p.visibility = (uint8_t)v;
     }
-    uint32_t max = PD_CONTACTS_MAX_DEFAULT;
+    uint32_t max = a->cfg.max_contacts;
     if (id_list(ex, cJSON_GetObjectItemCaseSensitive(body, "contacts"), "contacts", &contacts,
                 &p.ncontacts, max) ||
         id_list(ex, cJSON_GetObjectItemCaseSensitive(body, "blocked"), "blocked", &blocked,

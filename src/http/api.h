@@ -31,6 +31,7 @@ typedef struct api api_t;
 typedef struct api_config {
     const char *keys_file;     /* one key a line; '#' comments and blank lines ignored */
     uint32_t max_ids;          /* user ids in a bulk request */
+    uint32_t max_contacts;     /* contacts, and blocked users, in a PUT .../privacy */
     uint32_t sse_keepalive_ms; /* comment lines that keep proxies from closing streams */
     uint16_t kick_code;        /* close code of POST .../disconnect */
 } api_config_t;

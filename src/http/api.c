@@ -53,6 +53,7 @@ struct api {
     unsigned char keys[API_KEYS_MAX][32]; /* SHA-256 of each key */
     size_t nkeys;
     struct sse *streams;
+    struct sse_check *checks; /* visibility checks in flight (streams opened "as" a user) */
     struct api_counters n;
 };
 
@@ -762,8 +763,10 @@ static void user_call(api_t *a, http_exchange_t *ex, const http_request_t *req, 
 
 static void sse_end(void *arg);
 
-static pd_obuf_t *sse_frame(struct sse *s, const char *event, jsonw_t *w) {
-    pd_obuf_t *data = jw_finish(w);
+/* The frame of one event around its JSON data (released). The id is taken here, when the
+ * event is sure to be sent: a stream opened "as" a user must not show gaps where events it
+ * may not see were left out. */
+static pd_obuf_t *sse_frame(struct sse *s, const char *event, pd_obuf_t *data) {
     if (!data)
         return NULL;
     char head[96];
@@ -792,17 +795,33 @@ static void sse_send(struct sse *s, pd_obuf_t *b) {
         (*s->api->n.sse_dropped)++; /* too slow: the stream ends, sse_end follows */
 }
 
+/* A presence event waiting for the privacy check of a stream opened "as" a user. The check
+ * may answer later (the Redis store): the stream can end meanwhile, so every check is listed
+ * in the API, and a stream that ends detaches its checks (s = NULL) instead of leaving them
+ * pointing at freed memory. */
 struct sse_check {
-    struct sse *s;
-    pd_obuf_t *frame;
+    api_t *api;
+    struct sse *s;   /* NULL once the stream is over */
+    pd_obuf_t *data; /* the event's JSON */
+    struct sse_check *next, *prev;
 };
+
+static void check_unlink(struct sse_check *c) {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->api->checks = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+}
 
 static void sse_visible(void *arg, int err, const uint8_t *bits) {
     struct sse_check *c = arg;
+    check_unlink(c);
     if (!err && bits[0] && c->s)
-        sse_send(c->s, c->frame);
+        sse_send(c->s, sse_frame(c->s, "presence", c->data));
     else
-        pd_obuf_release(c->frame);
+        pd_obuf_release(c->data);
     free(c);
 }
 
@@ -828,22 +847,26 @@ static void on_event(void *ctx, const pd_event_t *ev) {
         jw_key(&w, "presence");
         proto_put_presence(&w, ev->presence);
         jw_obj_end(&w);
-        pd_obuf_t *b = sse_frame(s, "presence", &w);
+        pd_obuf_t *data = jw_finish(&w);
         if (!s->as[0]) {
-            sse_send(s, b);
+            sse_send(s, sse_frame(s, "presence", data));
             return;
         }
         /* A stream opened "as" a user shows only what that user may see. */
-        struct sse_check *c = b ? malloc(sizeof(*c)) : NULL;
+        struct sse_check *c = data ? malloc(sizeof(*c)) : NULL;
         if (!c) {
-            pd_obuf_release(b);
+            pd_obuf_release(data);
             return;
         }
-        c->s = s;
-        c->frame = b;
+        api_t *a = s->api;
+        *c = (struct sse_check){.api = a, .s = s, .data = data, .next = a->checks};
+        if (a->checks)
+            a->checks->prev = c;
+        a->checks = c;
         pd_str_t as = {s->as, strlen(s->as)};
-        if (engine_can_see(s->api->engine, as, ev->user, sse_visible, c) != 0) {
-            pd_obuf_release(b);
+        if (engine_can_see(a->engine, as, ev->user, sse_visible, c) != 0) {
+            check_unlink(c);
+            pd_obuf_release(data);
             free(c);
         }
         return;
@@ -872,7 +895,7 @@ static void on_event(void *ctx, const pd_event_t *ev) {
     jw_key(&w, "count");
     jw_int(&w, ev->count);
     jw_obj_end(&w);
-    sse_send(s, sse_frame(s, names[ev->kind], &w));
+    sse_send(s, sse_frame(s, names[ev->kind], jw_finish(&w)));
 }
 
 static void sse_keepalive(wheel_timer_t *t, uint64_t now) {
@@ -904,6 +927,9 @@ static void sse_end(void *arg) {
         a->streams = s->next;
     if (s->next)
         s->next->prev = s->prev;
+    for (struct sse_check *c = a->checks; c; c = c->next)
+        if (c->s == s)
+            c->s = NULL;
     (*a->n.sse_streams)--;
     sse_free(s);
 }
@@ -1169,6 +1195,14 @@ void api_free(api_t *a) {
         events_unsubscribe(a->events, &s->sub);
         wheel_cancel(a->wheel, &s->keepalive);
         sse_free(s);
+    }
+    /* Checks still in flight are never answered now: the store is destroyed after the API,
+     * and a store being destroyed does not call back into its callers. */
+    while (a->checks) {
+        struct sse_check *c = a->checks;
+        a->checks = c->next;
+        pd_obuf_release(c->data);
+        free(c);
     }
     OPENSSL_cleanse(a->keys, sizeof(a->keys));
     free(a);

@@ -227,19 +227,33 @@ static int on_message_complete(http_parser *hp) {
     r->upgrade = hp->upgrade;
     r->target = p->head + p->url_off;
     r->target_len = p->url_len;
-    r->path = r->target;
-    r->path_len = r->target_len;
+    /* The absolute form ("GET http://host/path", RFC 9112 section 3.2.2), which a server must
+     * accept, routes by its path; the authority is not used for routing. */
+    const char *t = r->target, *tend = r->target + r->target_len;
+    const char *scheme_end = r->target_len > 3 ? memchr(t, ':', r->target_len) : NULL;
+    if (t[0] != '/' && scheme_end && tend - scheme_end >= 3 && scheme_end[1] == '/' &&
+        scheme_end[2] == '/') {
+        t = scheme_end + 3;
+        while (t < tend && *t != '/' && *t != '?' && *t != '#')
+            t++;
+    }
+    r->path = t;
+    r->path_len = (size_t)(tend - t);
     r->query = NULL;
     r->query_len = 0;
-    const char *q = memchr(r->target, '?', r->target_len);
-    const char *frag = memchr(r->target, '#', r->target_len);
+    const char *q = memchr(t, '?', (size_t)(tend - t));
+    const char *frag = memchr(t, '#', (size_t)(tend - t));
     if (frag && (!q || frag < q)) {
-        r->path_len = (size_t)(frag - r->target);
+        r->path_len = (size_t)(frag - t);
     } else if (q) {
-        r->path_len = (size_t)(q - r->target);
+        r->path_len = (size_t)(q - t);
         r->query = q + 1;
-        const char *end = frag ? frag : r->target + r->target_len;
+        const char *end = frag ? frag : tend;
         r->query_len = (size_t)(end - r->query);
+    }
+    if (r->path_len == 0) { /* "http://host" or "http://host?q": the path is "/" */
+        r->path = "/";
+        r->path_len = 1;
     }
     r->nheaders = p->nheaders;
     for (uint32_t i = 0; i < p->nheaders; i++) {
@@ -519,6 +533,8 @@ const char *http_status_reason(int status) {
         return "Accepted";
     case 204:
         return "No Content";
+    case 301:
+        return "Moved Permanently";
     case 304:
         return "Not Modified";
     case 400:

@@ -36,9 +36,11 @@ typedef struct http_header {
 
 typedef struct http_request {
     const char *target; /* the request target as sent ("/presence?user=a") */
-    const char *path;   /* target without query; not percent-decoded */
-    const char *query;  /* after '?', without '#fragment'; NULL when absent */
-    const char *body;   /* NULL when there is none */
+    /* The path: inside target, without query or fragment, not percent-decoded; of an
+     * absolute-form target ("http://host/p") only "/p", and "/" (static) when it has none. */
+    const char *path;
+    const char *query; /* after '?', without '#fragment'; NULL when absent */
+    const char *body;  /* NULL when there is none */
     size_t target_len, path_len, query_len, body_len;
     uint32_t nheaders;
     uint8_t method; /* enum http_method of http_parser (HTTP_GET, ...) */

@@ -1,9 +1,11 @@
 #include "http/static.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <http_parser.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,8 +110,11 @@ static void not_found(http_exchange_t *ex) {
     http_exchange_respond(ex, 404, "text/plain; charset=utf-8", NULL, "404 Not Found\n", 14);
 }
 
-/* Resolves rel inside m: the real path, and it must stay under the mount's root. */
-static int resolve(const static_mount_t *m, const char *rel, char *real, struct stat *st) {
+/* Resolves rel inside m: the real path, and it must stay under the mount's root. *is_dir
+ * tells that rel named a directory (its index.html is what real names). */
+static int resolve(const static_mount_t *m, const char *rel, char *real, struct stat *st,
+                   bool *is_dir) {
+    *is_dir = false;
     char joined[PATH_MAX];
     int n = snprintf(joined, sizeof(joined), "%s/%s", m->root, rel);
     if (n < 0 || (size_t)n >= sizeof(joined))
@@ -120,6 +125,7 @@ static int resolve(const static_mount_t *m, const char *rel, char *real, struct 
     if (strncmp(real, m->root, rl) != 0 || (real[rl] != '/' && real[rl] != '\0'))
         return -1; /* a symlink (or anything) leading out of the directory */
     if (S_ISDIR(st->st_mode)) {
+        *is_dir = true;
         char index[PATH_MAX];
         n = snprintf(index, sizeof(index), "%s/index.html", real);
         if (n < 0 || (size_t)n >= sizeof(index) || !realpath(index, real) || stat(real, st) != 0 ||
@@ -127,6 +133,54 @@ static int resolve(const static_mount_t *m, const char *rel, char *real, struct 
             return -1;
     }
     return S_ISREG(st->st_mode) ? 0 : -1;
+}
+
+/* "/docs" names a directory: its page is answered at "/docs/", or its relative links would
+ * resolve against the parent. The Location is rebuilt from the mount and the checked path,
+ * percent-encoded, never copied from the request (no "//host" open redirect). */
+static void redirect_to_dir(http_exchange_t *ex, const static_mount_t *m, const char *rel) {
+    static const char hex[] = "0123456789ABCDEF";
+    char loc[PATH_MAX * 3 + 64];
+    size_t o = (size_t)snprintf(loc, sizeof(loc), "Location: %s", m->prefix);
+    if (o && loc[o - 1] != '/')
+        loc[o++] = '/';
+    for (const unsigned char *c = (const unsigned char *)rel; *c && o + 8 < sizeof(loc); c++) {
+        if (isalnum(*c) || strchr("-._~/", *c)) {
+            loc[o++] = (char)*c;
+        } else {
+            loc[o++] = '%';
+            loc[o++] = hex[*c >> 4];
+            loc[o++] = hex[*c & 15];
+        }
+    }
+    memcpy(loc + o, "/\r\n", 4);
+    http_exchange_respond(ex, 301, "text/plain; charset=utf-8", loc, "moved\n", 6);
+}
+
+/* If-None-Match (RFC 9110 section 13.1.2): "*", or a list of tags compared weakly. */
+static bool etag_matches(const http_header_t *h, const char *etag) {
+    if (!h)
+        return false;
+    size_t el = strlen(etag);
+    const char *s = h->value, *end = h->value + h->value_len;
+    while (s < end) {
+        while (s < end && (*s == ' ' || *s == '\t' || *s == ','))
+            s++;
+        const char *e = s;
+        while (e < end && *e != ',')
+            e++;
+        const char *t = s, *te = e;
+        while (te > t && (te[-1] == ' ' || te[-1] == '\t'))
+            te--;
+        if (te - t == 1 && *t == '*')
+            return true;
+        if (te - t > 2 && t[0] == 'W' && t[1] == '/')
+            t += 2;
+        if ((size_t)(te - t) == el && memcmp(t, etag, el) == 0)
+            return true;
+        s = e;
+    }
+    return false;
 }
 
 static void handle(void *ctx, http_exchange_t *ex, const http_request_t *req) {
@@ -141,10 +195,15 @@ static void handle(void *ctx, http_exchange_t *ex, const http_request_t *req) {
     }
     char rel[PATH_MAX], real[PATH_MAX];
     struct stat st;
+    bool is_dir;
     size_t pl = best ? strlen(best->prefix) : 0;
     if (!best || static_safe_path(req->path + pl, req->path_len - pl, rel, sizeof(rel)) != 0 ||
-        resolve(best, rel, real, &st) != 0 || st.st_size > STATIC_FILE_MAX) {
+        resolve(best, rel, real, &st, &is_dir) != 0 || st.st_size > STATIC_FILE_MAX) {
         not_found(ex);
+        return;
+    }
+    if (is_dir && rel[0] && rel[strlen(rel) - 1] != '/') {
+        redirect_to_dir(ex, best, rel);
         return;
     }
     char etag[64];
@@ -165,8 +224,7 @@ static void handle(void *ctx, http_exchange_t *ex, const http_request_t *req) {
     snprintf(headers, sizeof(headers),
              "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n%s", etag, modified,
              policy);
-    const http_header_t *inm = http_request_header(req, "If-None-Match");
-    if (inm && inm->value_len == strlen(etag) && memcmp(inm->value, etag, inm->value_len) == 0) {
+    if (etag_matches(http_request_header(req, "If-None-Match"), etag)) {
         http_exchange_respond(ex, 304, NULL, headers, NULL, 0);
         return;
     }

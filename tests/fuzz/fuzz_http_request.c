@@ -43,7 +43,10 @@ static uint64_t check_request(uint64_t h, const http_request_t *r, const http_li
     if (r->version_minor >= 1)
         CHECK(http_request_header(r, "Host") != NULL);
     CHECK(r->target_len <= lim->uri_max);
-    CHECK(r->path == r->target && r->path_len <= r->target_len);
+    bool inside = r->path >= r->target && r->path + r->path_len <= r->target + r->target_len;
+    CHECK(inside || (r->path_len == 1 && r->path[0] == '/'));
+    if (r->path != r->target) /* only an absolute-form target's path starts later */
+        CHECK(r->target[0] != '/' && memchr(r->target, ':', r->target_len) != NULL);
     if (r->query) {
         CHECK(r->query > r->target && r->query[-1] == '?');
         CHECK(r->query + r->query_len <= r->target + r->target_len);

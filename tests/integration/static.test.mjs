@@ -235,6 +235,24 @@ describe('serving', () => {
         assert.equal((await get('/missing.html')).status, 404);
     });
 
+    test('a directory without its slash: 301 to it, the Location rebuilt, never "//host"', T, async () => {
+        for (const [target, location] of [['/sub', '/sub/'], ['//sub', '/sub/'], ['/sub?x=1', '/sub/'], ['/%73ub', '/sub/']]) {
+            const r = await get(target);
+            assert.equal(r.status, 301, `${target}: ${r.status}`);
+            assert.equal(r.headers.location, location, target);
+        }
+        assert.equal((await get('/nolisting')).status, 404); // no index.html: nothing to send to
+    });
+
+    test('absolute-form targets (RFC 9112 section 3.2.2) are served by their path', T, async () => {
+        const base = `http://127.0.0.1:${d.port}`;
+        for (const [target, name] of [[`${base}/app.js`, 'app.js'], [`${base}/sub/page.txt`, 'sub/page.txt'], [base, 'index.html'], [`${base}?q=1`, 'index.html']]) {
+            const r = await get(target);
+            assert.equal(r.status, 200, `${target}: ${r.status}`);
+            assert.equal(r.body, files[name], target);
+        }
+    });
+
     test('content types; the CSP and Referrer-Policy on HTML only; nosniff everywhere', T, async () => {
         const types = {
             '/': 'text/html; charset=utf-8',
@@ -279,6 +297,11 @@ describe('serving', () => {
         const other = await get('/app.js', { headers: { 'If-None-Match': '"0-0"' } });
         assert.equal(other.status, 200);
         assert.equal(other.body, files['app.js']);
+        // A list, a weak tag, "*" (RFC 9110 section 13.1.2: compared weakly).
+        for (const v of [`"0-0", ${etag}`, `W/${etag}`, `"a-b",W/${etag} , "c-d"`, '*']) {
+            assert.equal((await get('/app.js', { headers: { 'If-None-Match': v } })).status, 304, v);
+        }
+        assert.equal((await get('/app.js', { headers: { 'If-None-Match': `"0-0", W/"1-1"` } })).status, 200);
 
         // HTML keeps its CSP on 304.
         const html = await get('/', { headers: { 'If-None-Match': (await get('/')).headers.etag } });

@@ -497,7 +497,7 @@ int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, pro
         goto err_free;
     }
     m->type = PROTO_TYPE_COUNT;
-    for (int i = 0; i < PROTO_TYPE_COUNT; i++)
+    for (int i = 0; i < PROTO_TYPE_COUNT && m->type == PROTO_TYPE_COUNT; i++)
         if (strcmp(type->valuestring, type_names[i]) == 0)
             m->type = (uint8_t)i;
     if (m->type == PROTO_TYPE_COUNT) {

@@ -150,7 +150,27 @@ void jw_time(jsonw_t *w, double seconds) {
         w->err = PD_EINVAL;
         return;
     }
-    int n = snprintf(num, sizeof(num), "%.3f", seconds);
+    int n;
+    if (seconds >= 0 && seconds < 1e12) {
+        /* Timestamps, the common case, in integer milliseconds: snprintf("%.3f") was a third
+         * of the time of a 1,000-user get_presence answer. Rounds to nearest like it, except
+         * for values within an ulp of a half millisecond. */
+        uint64_t ms = (uint64_t)llround(seconds * 1000.0);
+        char tmp[24];
+        int k = 0;
+        for (uint64_t s = ms / 1000; k == 0 || s; s /= 10)
+            tmp[k++] = (char)('0' + s % 10);
+        n = 0;
+        while (k)
+            num[n++] = tmp[--k];
+        unsigned frac = (unsigned)(ms % 1000);
+        num[n++] = '.';
+        num[n++] = (char)('0' + frac / 100);
+        num[n++] = (char)('0' + frac / 10 % 10);
+        num[n++] = (char)('0' + frac % 10);
+    } else {
+        n = snprintf(num, sizeof(num), "%.3f", seconds);
+    }
     sep(w);
     put(w, num, (size_t)n);
 }

@@ -207,6 +207,10 @@ static void test_time(void **state) {
     time_is(1.25, "1.250");
     time_is(-1.5, "-1.500");
     time_is(4102444800.999, "4102444800.999"); /* year 2100 */
+    time_is(0.9996, "1.000");                  /* rounding carries into the seconds */
+    time_is(999999999999.9994, "999999999999.999");
+    time_is(1e12, "1000000000000.000"); /* past the fast path: snprintf */
+    time_is(12.0005 + 1e-9, "12.001");
 
     /* Within an object, with commas around it. */
     jsonw_t w;
@@ -218,6 +222,29 @@ static void test_time(void **state) {
     jw_time(&w, 2.002);
     jw_obj_end(&w);
     expect(&w, "{\"a\":1.000,\"b\":2.002}");
+
+    /* The same digits as snprintf("%.3f") but for values within a hair of a half millisecond
+     * (where the two may round differently). */
+    uint64_t x = 88172645463325252ull; /* xorshift: the same values every run */
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        double t = (double)(x % 5000000000000ull) / 1000.0 + (double)(x >> 60) / 10000.0;
+        char want[64];
+        snprintf(want, sizeof(want), "%.3f", t);
+        double frac = t * 1000.0 - floor(t * 1000.0);
+        if (fabs(frac - 0.5) < 1e-3)
+            continue;
+        jsonw_t tw;
+        jw_init(&tw, 0);
+        jw_time(&tw, t);
+        pd_obuf_t *b = jw_finish(&tw);
+        assert_non_null(b);
+        assert_int_equal(pd_obuf_payload_len(b), strlen(want));
+        assert_memory_equal(pd_obuf_payload(b), want, strlen(want));
+        pd_obuf_release(b);
+    }
 
     /* Parsed back to the millisecond. */
     for (double t = 1764316800.0; t < 1764316801.0; t += 0.0371) {

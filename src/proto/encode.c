@@ -281,8 +281,8 @@ static void put_raw_list(jsonw_t *w, const char *key, const pd_str_t *items, siz
 
 pd_obuf_t *proto_encode_channel_delta(pd_str_t channel, const pd_str_t *joined, size_t njoined,
                                       const pd_str_t *left, size_t nleft, const pd_str_t *updated,
-                                      size_t nupdated, uint32_t count) {
-    size_t hint = 128 + channel.len;
+                                      size_t nupdated, const uint32_t more[3], uint32_t count) {
+    size_t hint = 192 + channel.len;
     for (size_t i = 0; i < njoined; i++)
         hint += joined[i].len + 1;
     for (size_t i = 0; i < nleft; i++)
@@ -295,6 +295,13 @@ pd_obuf_t *proto_encode_channel_delta(pd_str_t channel, const pd_str_t *joined, 
     put_raw_list(&w, "joined", joined, njoined, true);
     put_raw_list(&w, "left", left, nleft, false);
     put_raw_list(&w, "updated", updated, nupdated, true);
+    static const char *const more_keys[3] = {"joined_more", "left_more", "updated_more"};
+    for (int i = 0; more && i < 3; i++) {
+        if (more[i]) {
+            jw_key(&w, more_keys[i]);
+            jw_int(&w, more[i]);
+        }
+    }
     jw_key(&w, "count");
     jw_int(&w, count);
     jw_obj_end(&w);

@@ -207,10 +207,11 @@ pd_obuf_t *proto_encode_member_event(const char *type, pd_str_t channel, const p
 pd_obuf_t *proto_encode_member_left(pd_str_t channel, pd_str_t user, const char *reason,
                                     uint32_t count);
 /* {"type":"channel_delta","channel":..,"joined":[members],"left":[ids],"updated":[members],
- * "count":N}; members given as JSON texts (proto_member_json). */
+ * "count":N}; members given as JSON texts (proto_member_json). more (NULL: none) counts the
+ * joined, left and updated entries left out of the lists: "joined_more" etc. when not 0. */
 pd_obuf_t *proto_encode_channel_delta(pd_str_t channel, const pd_str_t *joined, size_t njoined,
                                       const pd_str_t *left, size_t nleft, const pd_str_t *updated,
-                                      size_t nupdated, uint32_t count);
+                                      size_t nupdated, const uint32_t more[3], uint32_t count);
 /* {"type":TYPE,"channel":..,"user_id":..,KEY:<json>}: cursor and typing relays. */
 pd_obuf_t *proto_encode_signal(const char *type, pd_str_t channel, pd_str_t user, const char *key,
                                pd_str_t json);

@@ -229,6 +229,12 @@ static void accumulate(struct lroom *lr, const store_room_event_t *ev) {
         wheel_schedule(r->wheel, &lr->timer, now_ms(r) + r->cfg.interval_ms);
 }
 
+/* A delta lists at most this many bytes of members (joined and updated) and of left ids; the
+ * rest is only counted ("joined_more" ...): a storm of 10,000 joins made one 1.1 MB delta per
+ * member, past out-max, and every member was closed as a slow consumer. */
+#define DELTA_MEMBER_BYTES (64 * 1024)
+#define DELTA_LEFT_BYTES   (32 * 1024)
+
 static void flush_delta(struct lroom *lr) {
     rooms_t *r = lr->owner;
     size_t n = lr->pending.buckets ? lr->pending.count : 0;
@@ -236,24 +242,43 @@ static void flush_delta(struct lroom *lr) {
         return;
     pd_str_t *joined = malloc(sizeof(pd_str_t) * n), *left = malloc(sizeof(pd_str_t) * n),
              *updated = malloc(sizeof(pd_str_t) * n);
-    size_t nj = 0, nl = 0, nu = 0;
+    size_t nj = 0, nl = 0, nu = 0, member_bytes = 0, left_bytes = 0;
+    uint32_t more[3] = {0};
     if (joined && left && updated) {
         for (hmap_node_t *hn = hmap_first(&lr->pending); hn; hn = hmap_next(&lr->pending, hn)) {
             struct dentry *d = (struct dentry *)hn;
             pd_str_t json = d->json ? (pd_str_t){(const char *)pd_obuf_payload(d->json),
                                                  pd_obuf_payload_len(d->json)}
                                     : (pd_str_t){0};
-            if (!d->was_member && d->is_member && json.s)
-                joined[nj++] = json;
-            else if (d->was_member && !d->is_member)
-                left[nl++] = (pd_str_t){d->id, d->id_len};
-            else if (d->was_member && d->is_member && json.s)
-                updated[nu++] = json;
+            bool fits = member_bytes + json.len <= DELTA_MEMBER_BYTES;
+            if (!d->was_member && d->is_member && json.s) {
+                if (fits) {
+                    joined[nj++] = json;
+                    member_bytes += json.len;
+                } else {
+                    more[0]++;
+                }
+            } else if (d->was_member && !d->is_member) {
+                if (left_bytes + d->id_len <= DELTA_LEFT_BYTES) {
+                    left[nl++] = (pd_str_t){d->id, d->id_len};
+                    left_bytes += d->id_len + 3u;
+                } else {
+                    more[1]++;
+                }
+            } else if (d->was_member && d->is_member && json.s) {
+                if (fits) {
+                    updated[nu++] = json;
+                    member_bytes += json.len;
+                } else {
+                    more[2]++;
+                }
+            }
         }
-        if (nj + nl + nu > 0) {
+        if (nj + nl + nu + more[0] + more[1] + more[2] > 0) {
             (*r->n.deltas)++;
             (*r->n.events) += deliver(
-                lr, r->codec.delta(room_name(lr), joined, nj, left, nl, updated, nu, lr->count),
+                lr,
+                r->codec.delta(room_name(lr), joined, nj, left, nl, updated, nu, more, lr->count),
                 (pd_str_t){0});
         }
     }
@@ -644,10 +669,12 @@ int rooms_update(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, 
     return rc;
 }
 
-/* Sends what the link holds back (latest cursor, latest typing), and restarts the period. */
-static void emit(struct rlink *l) {
+/* Sends what the link holds back (latest cursor, latest typing); the next period starts at
+ * `at`: the time the send was due, not the (later) tick that ran it, or a client sending at
+ * exactly cursor_hz would drift to fewer relays and more latency with every period. */
+static void emit(struct rlink *l, uint64_t at) {
     rooms_t *r = l->owner;
-    l->last_emit = now_ms(r);
+    l->last_emit = at;
     if (l->cursor.s) {
         store_room_signal(r->store, room_name(l->room), l->user, STORE_SIGNAL_CURSOR, l->cursor);
         free((char *)l->cursor.s);
@@ -658,6 +685,12 @@ static void emit(struct rlink *l) {
         store_room_signal(r->store, room_name(l->room), l->user, STORE_SIGNAL_TYPING, v);
         l->typing = -1;
     }
+}
+
+/* Rounded up: at most cursor_hz relays a second, never a few more. */
+static uint64_t signal_period(const rooms_t *r) {
+    uint32_t hz = r->cfg.cursor_hz ? r->cfg.cursor_hz : 1;
+    return (1000 + hz - 1) / hz;
 }
 
 static void link_timer(wheel_timer_t *t, uint64_t now) {
@@ -672,7 +705,7 @@ static void link_timer(wheel_timer_t *t, uint64_t now) {
         return;
     }
     if (l->live)
-        emit(l);
+        emit(l, l->last_emit + signal_period(r));
 }
 
 int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_t payload) {
@@ -696,16 +729,21 @@ int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_
             (*r->n.signals_coalesced)++;
         l->typing = (int8_t)(payload.len == 4); /* "true" */
     }
-    /* Rounded up: at most cursor_hz relays a second, never a few more. */
-    uint32_t hz = r->cfg.cursor_hz ? r->cfg.cursor_hz : 1;
-    uint64_t period = (1000 + hz - 1) / hz;
-    uint64_t now = now_ms(r);
+    uint64_t period = signal_period(r);
+    /* A value a hair early (a client at exactly cursor_hz, its period rounded down) goes out
+     * now as if on time, instead of a timer tick later; the slack never lets a second hold
+     * more than the relays a whole period allows. */
+    uint64_t rem = 1000 % period;
+    uint64_t slack = rem == 0 ? 0 : period / 16 < period - rem - 1 ? period / 16 : period - rem - 1;
+    uint64_t now = now_ms(r), due = l->last_emit + period;
     if (wheel_timer_armed(&l->timer))
         return 0; /* the period's end sends the latest */
-    if (l->last_emit == 0 || now >= l->last_emit + period)
-        emit(l);
+    if (l->last_emit == 0 || now >= due)
+        emit(l, now);
+    else if (now + slack >= due)
+        emit(l, due);
     else
-        wheel_schedule(r->wheel, &l->timer, l->last_emit + period);
+        wheel_schedule(r->wheel, &l->timer, due);
     return 0;
 }
 

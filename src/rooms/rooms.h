@@ -47,7 +47,7 @@ typedef struct rooms_codec {
     pd_obuf_t *(*member_json)(const pd_member_t *m);
     pd_obuf_t *(*delta)(pd_str_t channel, const pd_str_t *joined, size_t njoined,
                         const pd_str_t *left, size_t nleft, const pd_str_t *updated,
-                        size_t nupdated, uint32_t count);
+                        size_t nupdated, const uint32_t more[3], uint32_t count);
     pd_obuf_t *(*signal)(const char *type, pd_str_t channel, pd_str_t user, const char *key,
                          pd_str_t json);
 } rooms_codec_t;

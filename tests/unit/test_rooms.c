@@ -47,7 +47,7 @@
 #define ANNOUNCE 10u /* interval mode above 10 members, announce again below 8 */
 #define RHZ      25u /* divides 1000: a period of exactly 40 ms */
 #define PERIOD   (1000u / RHZ)
-#define MAXCONN  256
+#define MAXCONN  640
 
 /* ---- fake clients ---- */
 
@@ -471,10 +471,13 @@ static bool track(fclient_t *c, const cJSON *j, const char *type, uint32_t count
         want++;
     else if (strcmp(type, "member_left") == 0)
         want--;
-    else if (strcmp(type, "channel_delta") == 0)
+    else if (strcmp(type, "channel_delta") == 0) {
+        const cJSON *jm = cJSON_GetObjectItemCaseSensitive(j, "joined_more");
+        const cJSON *lm = cJSON_GetObjectItemCaseSensitive(j, "left_more");
         want = want + (uint32_t)cJSON_GetArraySize(item(j, "joined")) -
-               (uint32_t)cJSON_GetArraySize(item(j, "left"));
-    else if (strcmp(type, "member_updated") != 0)
+               (uint32_t)cJSON_GetArraySize(item(j, "left")) +
+               (jm ? (uint32_t)jm->valuedouble : 0) - (lm ? (uint32_t)lm->valuedouble : 0);
+    } else if (strcmp(type, "member_updated") != 0)
         return true;
     if (count != want) {
         snprintf(why, cap, "the last count seen was %u and the changes listed make %u", c->count,
@@ -935,6 +938,82 @@ static void join_users(rfx_t *f, conn_t **us, int from, int to) {
         us[i] = open_conn(f, id, "web");
         join_ok(f, us[i], "doc:1", NULL);
     }
+}
+
+/* The one channel_delta queued to c since the last look: its lists' lengths, the counts left
+ * out, the count, and the frame's size. */
+typedef struct {
+    int joined, left, updated, joined_more, left_more, updated_more, count;
+    size_t bytes;
+} delta_t;
+
+static delta_t one_delta(conn_t *cn) {
+    fclient_t *c = &cn->fc;
+    assert_int_equal(c->n - c->read, 1);
+    pd_obuf_t *b = c->frames[c->read];
+    cJSON *j = cJSON_ParseWithLength((const char *)pd_obuf_payload(b), pd_obuf_payload_len(b));
+    assert_non_null(j);
+    assert_string_equal(item(j, "type")->valuestring, "channel_delta");
+    delta_t d = {.joined = cJSON_GetArraySize(item(j, "joined")),
+                 .left = cJSON_GetArraySize(item(j, "left")),
+                 .updated = cJSON_GetArraySize(item(j, "updated")),
+                 .count = (int)item(j, "count")->valuedouble,
+                 .bytes = pd_obuf_payload_len(b)};
+    const char *more[] = {"joined_more", "left_more", "updated_more"};
+    int *to[] = {&d.joined_more, &d.left_more, &d.updated_more};
+    for (int i = 0; i < 3; i++) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, more[i]);
+        if (m) {
+            assert_true(m->valuedouble >= 1); /* present only when something was left out */
+            *to[i] = (int)m->valuedouble;
+        }
+    }
+    cJSON_Delete(j);
+    events(cn); /* checks the count against the tracked one, marks it read */
+    return d;
+}
+
+/* A storm of changes in one interval makes one bounded delta per member: the lists hold what
+ * fits (64 KiB of members, 32 KiB of left ids), the rest is counted, the count stays exact,
+ * and nobody is cut off as a slow reader. */
+static void test_delta_storm_is_bounded(void **state) {
+    rfx_t *f = *state;
+    enum { STORM = 300 };
+    conn_t *o = open_conn(f, "obs", "web");
+    conn_t *u[32] = {0}, *s[STORM];
+    join_ok(f, o, "doc:1", NULL);
+    join_users(f, u, 1, 11); /* interval mode */
+    advance(f, INTERVAL + TICK_MS);
+    events(o);
+    track_from(o, 12);
+
+    char md[320];
+    snprintf(md, sizeof(md), "{\"note\":\"%0290d\"}", 7); /* about 300 bytes of metadata */
+    for (int i = 0; i < STORM; i++) {
+        char id[PD_USER_ID_MAX + 1];
+        snprintf(id, sizeof(id), "storm%03d-%0*d", i, PD_USER_ID_MAX - 9, 0); /* 128 bytes */
+        s[i] = open_conn(f, id, "web");
+        join_ok(f, s[i], "doc:1", md);
+    }
+    advance(f, INTERVAL + TICK_MS);
+    delta_t d = one_delta(o);
+    assert_int_equal(d.count, 12 + STORM);
+    assert_int_equal(d.joined + d.joined_more, STORM);
+    assert_true(d.joined > 0 && d.joined_more > 0);
+    assert_true(d.bytes <= 64 * 1024 + 1024);
+    assert_int_equal(d.left + d.left_more + d.updated + d.updated_more, 0);
+
+    for (int i = 0; i < STORM; i++)
+        assert_int_equal(leave(f, s[i], "doc:1"), 0);
+    advance(f, INTERVAL + TICK_MS);
+    d = one_delta(o);
+    assert_int_equal(d.count, 12);
+    assert_int_equal(d.left + d.left_more, STORM);
+    assert_true(d.left > 0 && d.left_more > 0);
+    assert_true(d.bytes <= 32 * 1024 + 1024);
+    assert_int_equal(d.joined + d.joined_more + d.updated + d.updated_more, 0);
+    assert_int_equal(counter(f, "presenced_room_deltas_total"), 3);
+    assert_false(o->fc.gone);
 }
 
 static void test_interval_mode_switch(void **state) {
@@ -1485,6 +1564,7 @@ int main(void) {
         T(test_room_limit_per_connection),
         T(test_room_full),
         T(test_interval_mode_switch),
+        T(test_delta_storm_is_bounded),
         T(test_interval_hysteresis),
         T(test_switch_back_flushes_consistent_count),
         T(test_signal_throttle_one_period),

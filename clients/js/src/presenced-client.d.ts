@@ -97,6 +97,10 @@ export interface ChannelDelta extends ServerMessage {
     joined: Member[];
     left: string[];
     updated: Member[];
+    /** Entries left out of a delta too large to list whole (present only when not 0). */
+    joined_more?: number;
+    left_more?: number;
+    updated_more?: number;
     count: number;
 }
 

@@ -1043,9 +1043,31 @@ export class PresenceClient {
             for (const m of msg.joined || []) room.members.set(m.user_id, m);
             for (const m of msg.updated || []) room.members.set(m.user_id, m);
             if (typeof msg.count === 'number') room.count = msg.count;
+            // A delta too big to list whole: some leavers are not named, so the map may hold
+            // members who are gone. Read the first page again, at a random moment within a
+            // couple of seconds, so that a whole large room does not ask at once.
+            if (msg.left_more && !room.reloading) {
+                room.reloading = true;
+                setTimeout(() => this._reloadMembers(room), Math.random() * 2000);
+            }
         }
         this._emit('channel_delta', msg, room);
         if (room) this._emit('room', room, msg);
+    }
+
+    async _reloadMembers(room) {
+        try {
+            const page = await this.channelMembers(room.channel, { limit: Math.max(100, Math.min(room.members.size, 1000)) });
+            if (this.rooms.get(room.channel) !== room || !room.joined) return;
+            room.members = new Map((page.members || []).map((m) => [m.user_id, m]));
+            room.nextCursor = page.next_cursor ?? null;
+            room.count = page.count ?? room.count;
+            this._emit('room', room, { type: 'members' });
+        } catch {
+            /* disconnected: the rejoin after the reconnect brings a fresh channel_state */
+        } finally {
+            room.reloading = false;
+        }
     }
 
     _onSignal(msg) {

@@ -584,9 +584,11 @@ static void on_message(void *ctx, conn_t *c, void *app, uint8_t *data, size_t le
      * connection has already counted. */
     size_t dev_len = 0;
     const char *dev = engine_session_device(dc->s, &dev_len);
-    if (proto_is_canonical_heartbeat(data, len, dev, dev_len)) {
+    proto_id_t hb_id;
+    if (proto_is_canonical_heartbeat(data, len, dev, dev_len, &hb_id)) {
         (*d->n.in[PROTO_HEARTBEAT])++;
         engine_heartbeat(dc->s, (pd_str_t){0});
+        send_ack(c, &hb_id);
         return;
     }
     proto_msg_t m;

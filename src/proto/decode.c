@@ -1,5 +1,6 @@
 /* Strict decoding of client messages on top of cJSON. */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -528,19 +529,79 @@ void proto_msg_free(proto_msg_t *m) {
     m->auto_away = -1;
 }
 
+/* Reads a trailing ,"id":"<safe>"} or ,"id":<int>} of a heartbeat: returns how many bytes it
+ * takes from the end of data[0..len), 0 when there is none. */
+static size_t heartbeat_id_tail(const uint8_t *data, size_t len, proto_id_t *id) {
+    if (len < 2 || data[len - 1] != '}')
+        return 0;
+    size_t end = len - 1; /* the '}' */
+    if (data[end - 1] == '"') {
+        size_t i = end - 1; /* the closing quote */
+        while (i > 0 && i + PROTO_ID_MAX + 1 > end - 1 &&
+               (isalnum(data[i - 1]) || data[i - 1] == '_' || data[i - 1] == '-' ||
+                data[i - 1] == '.' || data[i - 1] == ':'))
+            i--;
+        size_t n = end - 1 - i; /* id bytes */
+        static const char key[] = ",\"id\":\"";
+        if (n == 0 || n > PROTO_ID_MAX || i < sizeof(key) - 1 ||
+            memcmp(data + i - (sizeof(key) - 1), key, sizeof(key) - 1) != 0)
+            return 0;
+        id->kind = PROTO_ID_STR;
+        memcpy(id->s, data + i, n);
+        id->s[n] = '\0';
+        return len - (i - (sizeof(key) - 1));
+    }
+    size_t i = end;
+    while (i > 0 && end - i < 16 && isdigit(data[i - 1]))
+        i--;
+    size_t n = end - i;
+    static const char key[] = ",\"id\":";
+    if (n == 0 || n > 15 || (n > 1 && data[i] == '0') || (i > 0 && isdigit(data[i - 1])) ||
+        i < sizeof(key) - 1 || memcmp(data + i - (sizeof(key) - 1), key, sizeof(key) - 1) != 0)
+        return 0;
+    int64_t v = 0;
+    for (size_t k = i; k < end; k++)
+        v = v * 10 + (data[k] - '0');
+    id->kind = PROTO_ID_INT;
+    id->i = v;
+    return len - (i - (sizeof(key) - 1));
+}
+
 bool proto_is_canonical_heartbeat(const uint8_t *data, size_t len, const char *device,
-                                  size_t device_len) {
+                                  size_t device_len, proto_id_t *id) {
     static const char bare[] = "{\"type\":\"heartbeat\"}";
     static const char head[] = "{\"type\":\"heartbeat\",\"device\":\"";
-    if (len == sizeof(bare) - 1)
-        return memcmp(data, bare, len) == 0;
-    if (!device || len != sizeof(head) - 1 + device_len + 2)
+    if (id)
+        id->kind = PROTO_ID_NONE;
+    if (len >= sizeof(bare) - 1 && memcmp(data, bare, sizeof(bare) - 2) == 0) {
+        if (len == sizeof(bare) - 1)
+            return data[len - 1] == '}';
+        if (id && data[sizeof(bare) - 2] == ',' && data[sizeof(bare) - 1] == '"' &&
+            data[sizeof(bare)] == 'i') {
+            /* {"type":"heartbeat","id":...}: the id must be all that follows the type. */
+            size_t tail = heartbeat_id_tail(data, len, id);
+            if (tail && tail == len - (sizeof(bare) - 2))
+                return true;
+            id->kind = PROTO_ID_NONE;
+        }
+    }
+    if (!device || len < sizeof(head) - 1 + device_len + 2)
         return false;
     /* The device was validated when set, but may hold characters JSON escapes: the canonical
      * bytes are only these when the label needs no escaping. */
     if (memchr(device, '"', device_len) || memchr(device, '\\', device_len))
         return false;
-    return memcmp(data, head, sizeof(head) - 1) == 0 &&
-           memcmp(data + sizeof(head) - 1, device, device_len) == 0 && data[len - 2] == '"' &&
-           data[len - 1] == '}';
+    size_t body = sizeof(head) - 1 + device_len + 1; /* up to the device's closing quote */
+    if (memcmp(data, head, sizeof(head) - 1) != 0 ||
+        memcmp(data + sizeof(head) - 1, device, device_len) != 0 || data[body - 1] != '"')
+        return false;
+    if (len == body + 1)
+        return data[len - 1] == '}';
+    if (!id)
+        return false;
+    size_t tail = heartbeat_id_tail(data, len, id);
+    if (tail && tail == len - body)
+        return true;
+    id->kind = PROTO_ID_NONE;
+    return false;
 }

@@ -162,9 +162,12 @@ void proto_put_presence(struct jsonw *w, const pd_presence_t *p);
 void proto_put_member(struct jsonw *w, const pd_member_t *m);
 
 /* True when data is exactly {"type":"heartbeat","device":"<device>"} or {"type":"heartbeat"}
- * (device NULL accepts only the latter's device-less form too). */
+ * (device NULL accepts only the latter's device-less form too), or, when id is not NULL, one
+ * of these with ,"id":"<id>" or ,"id":<integer> last (an id of letters, digits and _-.:, an
+ * integer of at most 15 digits without a leading zero): then *id is set (else its kind is
+ * PROTO_ID_NONE). Exactly what proto_decode would make of the same bytes. */
 bool proto_is_canonical_heartbeat(const uint8_t *data, size_t len, const char *device,
-                                  size_t device_len);
+                                  size_t device_len, proto_id_t *id);
 
 /* --- Encoders: each returns a sealed text frame (refs = 1), or NULL when out of memory. --- */
 

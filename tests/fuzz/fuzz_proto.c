@@ -57,8 +57,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size)
         memcpy(buf, data, size);
     bool input_utf8 = utf8_is_valid(data, size);
-    bool canon_web = proto_is_canonical_heartbeat(data, size, "web", 3);
-    bool canon_none = proto_is_canonical_heartbeat(data, size, NULL, 0);
+    proto_id_t id_web, id_none;
+    bool canon_web = proto_is_canonical_heartbeat(data, size, "web", 3, &id_web);
+    bool canon_none = proto_is_canonical_heartbeat(data, size, NULL, 0, &id_none);
+    /* Without room for an id, only the id-less forms pass. */
+    CHECK(!proto_is_canonical_heartbeat(data, size, "web", 3, NULL) ||
+          (canon_web && id_web.kind == PROTO_ID_NONE));
 
     proto_limits_t lim = {.max_ids = 4};
     proto_msg_t m;
@@ -69,6 +73,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(rc == 0 && m.type == PROTO_HEARTBEAT);
         CHECK(m.device.state == PROTO_ABSENT ||
               (m.device.state == PROTO_SET && canon_web && strcmp(m.device.v.s, "web") == 0));
+        /* The fast path reads the same id as the decoder. */
+        const proto_id_t *fid = canon_web ? &id_web : &id_none;
+        CHECK(fid->kind == m.id.kind);
+        CHECK(fid->kind != PROTO_ID_INT || fid->i == m.id.i);
+        CHECK(fid->kind != PROTO_ID_STR || strcmp(fid->s, m.id.s) == 0);
     }
 
     if (rc == 0) {

@@ -874,7 +874,7 @@ static void test_every_truncation_is_bad_json(void **state) {
 static bool canon(const char *data, const char *device) {
     size_t len = strlen(data);
     uint8_t *at = tu_guard_place(&G, data, len);
-    return proto_is_canonical_heartbeat(at, len, device, device ? strlen(device) : 0);
+    return proto_is_canonical_heartbeat(at, len, device, device ? strlen(device) : 0, NULL);
 }
 
 static void test_canonical_heartbeat(void **state) {
@@ -925,6 +925,67 @@ static void test_canonical_heartbeat(void **state) {
     assert_int_equal(m.type, PROTO_HEARTBEAT);
     assert_true(opt_is(&m.device, "web"));
     proto_msg_free(&m);
+}
+
+/* The forms with an id (what clients/js sends): the id read as proto_decode reads it. */
+static void canon_id(const char *data, const char *device, bool want, const char *want_id) {
+    size_t len = strlen(data);
+    uint8_t *at = tu_guard_place(&G, data, len);
+    proto_id_t id;
+    bool got = proto_is_canonical_heartbeat(at, len, device, device ? strlen(device) : 0, &id);
+    if (got != want)
+        fail_msg("%s: %s", data, got ? "taken" : "not taken");
+    if (!got) {
+        assert_int_equal(id.kind, PROTO_ID_NONE);
+        return;
+    }
+    proto_msg_t m;
+    proto_error_t err;
+    assert_int_equal(decode_n(data, len, &m, &err), 0);
+    assert_int_equal(m.type, PROTO_HEARTBEAT);
+    assert_int_equal(id.kind, m.id.kind);
+    char text[80] = "";
+    if (id.kind == PROTO_ID_STR)
+        snprintf(text, sizeof(text), "s:%s", id.s);
+    else if (id.kind == PROTO_ID_INT)
+        snprintf(text, sizeof(text), "i:%lld", (long long)id.i);
+    assert_string_equal(text, want_id);
+    assert_true(id.kind != PROTO_ID_INT || id.i == m.id.i);
+    assert_true(id.kind != PROTO_ID_STR || strcmp(id.s, m.id.s) == 0);
+    proto_msg_free(&m);
+}
+
+static void test_canonical_heartbeat_with_id(void **state) {
+    (void)state;
+    const char *web = "web";
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"web\",\"id\":\"hb12\"}", web, true, "s:hb12");
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"web\",\"id\":7}", web, true, "i:7");
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"web\",\"id\":0}", web, true, "i:0");
+    canon_id("{\"type\":\"heartbeat\",\"id\":\"a-b_c.d:e\"}", NULL, true, "s:a-b_c.d:e");
+    canon_id("{\"type\":\"heartbeat\",\"id\":123456789012345}", web, true, "i:123456789012345");
+    canon_id("{\"type\":\"heartbeat\"}", web, true, "");
+    canon_id(fmt("{\"type\":\"heartbeat\",\"id\":\"%s\"}", rep('x', PROTO_ID_MAX)), NULL, true,
+             fmt("s:%s", rep('x', PROTO_ID_MAX)));
+    /* Anything else takes the full path (which may well accept it). */
+    canon_id("{\"type\":\"heartbeat\",\"id\":1234567890123456}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":012}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":-1}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":1.5}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":\"\"}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":\"a b\"}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":\"a\\\"b\"}", web, false, NULL);
+    canon_id(fmt("{\"type\":\"heartbeat\",\"id\":\"%s\"}", rep('x', PROTO_ID_MAX + 1)), NULL, false,
+             NULL);
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"web\",\"id\":\"x\",\"id\":\"y\"}", web, false,
+             NULL);
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"web\",\"xid\":\"x\"}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"web\",\"status\":\"x\",\"id\":\"y\"}", web,
+             false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"device\":\"mobile\",\"id\":\"x\"}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":\"x\",\"device\":\"web\"}", web, false, NULL);
+    canon_id("{\"type\":\"heartbeat\",\"id\":\"x\"} ", web, false, NULL);
+    /* Without room for an id, the id forms take the full path. */
+    assert_false(canon("{\"type\":\"heartbeat\",\"device\":\"web\",\"id\":\"hb1\"}", web));
 }
 
 /* ---- encoders ---- */
@@ -1406,6 +1467,7 @@ int main(void) {
         cmocka_unit_test(test_msg_free),
         cmocka_unit_test(test_every_truncation_is_bad_json),
         cmocka_unit_test(test_canonical_heartbeat),
+        cmocka_unit_test(test_canonical_heartbeat_with_id),
         cmocka_unit_test(test_encode_presence_update),
         cmocka_unit_test(test_encode_escaping),
         cmocka_unit_test(test_encode_presences),

@@ -576,8 +576,8 @@ bool proto_is_canonical_heartbeat(const uint8_t *data, size_t len, const char *d
     if (len >= sizeof(bare) - 1 && memcmp(data, bare, sizeof(bare) - 2) == 0) {
         if (len == sizeof(bare) - 1)
             return data[len - 1] == '}';
-        if (id && data[sizeof(bare) - 2] == ',' && data[sizeof(bare) - 1] == '"' &&
-            data[sizeof(bare)] == 'i') {
+        if (id && len > sizeof(bare) && data[sizeof(bare) - 2] == ',' &&
+            data[sizeof(bare) - 1] == '"' && data[sizeof(bare)] == 'i') {
             /* {"type":"heartbeat","id":...}: the id must be all that follows the type. */
             size_t tail = heartbeat_id_tail(data, len, id);
             if (tail && tail == len - (sizeof(bare) - 2))

@@ -8,9 +8,25 @@
 
 #define JW_MAX_DEPTH 32
 
-static void put(jsonw_t *w, const void *s, size_t len) {
+/* Appends; the common case (room left, no error) inline: encoding a large answer is mostly
+ * these calls (the get_presence profile in bench/RESULTS.md). */
+static inline void put(jsonw_t *w, const void *s, size_t len) {
+    pd_obuf_t *b = w->b;
+    if (!w->err && b->cap - b->end >= len) {
+        memcpy(b->data + b->end, s, len);
+        b->end += (uint32_t)len;
+        return;
+    }
     if (!w->err)
         w->err = pd_obuf_append(&w->b, s, len);
+}
+
+static inline void put_char(jsonw_t *w, char c) {
+    pd_obuf_t *b = w->b;
+    if (!w->err && b->end < b->cap)
+        b->data[b->end++] = (uint8_t)c;
+    else
+        put(w, &c, 1);
 }
 
 void jw_init(jsonw_t *w, size_t size_hint) {
@@ -30,12 +46,12 @@ static void sep(jsonw_t *w) {
     if (w->first & (1u << w->depth))
         w->first &= ~(1u << w->depth);
     else
-        put(w, ",", 1);
+        put_char(w, ',');
 }
 
 static void open(jsonw_t *w, char c) {
     sep(w);
-    put(w, &c, 1);
+    put_char(w, c);
     if (w->depth + 1 >= JW_MAX_DEPTH) {
         w->err = PD_ELIMIT;
         return;
@@ -51,7 +67,7 @@ static void close_(jsonw_t *w, char c) {
     }
     w->first &= ~(1u << w->depth);
     w->depth--;
-    put(w, &c, 1);
+    put_char(w, c);
 }
 
 void jw_obj(jsonw_t *w) {
@@ -67,8 +83,26 @@ void jw_arr_end(jsonw_t *w) {
     close_(w, ']');
 }
 
+/* Bytes that must be escaped inside a JSON string. */
+static inline bool needs_escape(unsigned char c) {
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
 static void put_escaped(jsonw_t *w, const char *s, size_t len) {
-    put(w, "\"", 1);
+    /* Most strings (ids, keys, labels) need no escape: one copy with its quotes. */
+    size_t clean = 0;
+    while (clean < len && !needs_escape((unsigned char)s[clean]))
+        clean++;
+    pd_obuf_t *b = w->b;
+    if (clean == len && !w->err && b->cap - b->end >= len + 2) {
+        uint8_t *o = b->data + b->end;
+        o[0] = '"';
+        memcpy(o + 1, s, len);
+        o[len + 1] = '"';
+        b->end += (uint32_t)len + 2;
+        return;
+    }
+    put_char(w, '"');
     size_t start = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -99,13 +133,13 @@ static void put_escaped(jsonw_t *w, const char *s, size_t len) {
         start = i + 1;
     }
     put(w, s + start, len - start);
-    put(w, "\"", 1);
+    put_char(w, '"');
 }
 
 void jw_keyn(jsonw_t *w, const char *k, size_t len) {
     sep(w);
     put_escaped(w, k, len);
-    put(w, ":", 1);
+    put_char(w, ':');
     w->after_key = true;
 }
 
@@ -137,9 +171,17 @@ void jw_bool(jsonw_t *w, bool v) {
 
 void jw_int(jsonw_t *w, int64_t v) {
     char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
+    int n = 24;
+    /* Digits backwards, without snprintf; the magnitude as unsigned, so INT64_MIN works. */
+    uint64_t m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        num[--n] = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    if (v < 0)
+        num[--n] = '-';
     sep(w);
-    put(w, num, (size_t)n);
+    put(w, num + n, (size_t)(24 - n));
 }
 
 void jw_time(jsonw_t *w, double seconds) {

@@ -11,7 +11,10 @@
 #define BACKOFF_MAX_MS 5000
 #define READ_BUF       (64 * 1024)
 
-enum state { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_UP, ST_BACKOFF, ST_CLOSED };
+/* HELLO: connected, waiting for the answer to PING. A connection counts as up only once the
+ * server answered: a proxy in front of a dead Redis accepts and closes, a Redis loading its
+ * data set answers -LOADING, and neither is a Redis to send work to. */
+enum state { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_HELLO, ST_UP, ST_BACKOFF, ST_CLOSED };
 
 struct pending {
     struct pending *next;
@@ -58,6 +61,7 @@ struct redis_conn {
 
 static void timer_fire(wheel_timer_t *t, uint64_t now);
 static void connect_now(redis_conn_t *c);
+static void came_up(redis_conn_t *c);
 
 static uint64_t now_ms(const redis_conn_t *c) {
     return uv_now(c->loop);
@@ -136,6 +140,7 @@ static void timer_fire(wheel_timer_t *t, uint64_t now) {
     switch (c->state) {
     case ST_RESOLVING:
     case ST_CONNECTING:
+    case ST_HELLO:
         drop(c, PD_ETIMEDOUT, "connect timed out");
         break;
     case ST_UP:
@@ -181,6 +186,21 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         }
         if (!reply)
             break;
+        if (c->state == ST_HELLO) {
+            const redisReply *r = reply;
+            bool pong = r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
+            char why[128];
+            snprintf(why, sizeof(why), "%s", r->type == REDIS_REPLY_ERROR ? r->str : "no PONG");
+            freeReplyObject(reply);
+            if (!pong) {
+                drop(c, PD_EIO, why);
+                return;
+            }
+            came_up(c);
+            if (c->state != ST_UP || c->sock != s)
+                return;
+            continue;
+        }
         if (c->pubsub || !c->head) {
             if (c->ev.on_push)
                 c->ev.on_push(c->ev.ctx, c, reply);
@@ -198,9 +218,23 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         if (c->state != ST_UP || c->sock != s)
             return; /* a callback closed or dropped the connection */
     }
-    /* The head changed: its own deadline now applies. */
+    /* The head changed: its own deadline now applies. (Before the PONG, the connect
+     * deadline stays.) */
+    if (c->state == ST_UP) {
+        wheel_cancel(c->wheel, &c->timer);
+        arm_reply_deadline(c);
+    }
+}
+
+/* The server answered PING: work may go to it. */
+static void came_up(redis_conn_t *c) {
+    if (c->attempts > 0)
+        PD_INFO(c->log, "redis", "%s: connected", c->name);
+    c->state = ST_UP;
+    c->attempts = 0;
     wheel_cancel(c->wheel, &c->timer);
-    arm_reply_deadline(c);
+    if (c->ev.on_up)
+        c->ev.on_up(c->ev.ctx, c);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -223,13 +257,12 @@ static void on_connect(uv_connect_t *req, int status) {
         drop(c, PD_EIO, "cannot read");
         return;
     }
-    if (c->attempts > 0)
-        PD_INFO(c->log, "redis", "%s: connected", c->name);
-    c->state = ST_UP;
-    c->attempts = 0;
-    wheel_cancel(c->wheel, &c->timer);
-    if (c->ev.on_up)
-        c->ev.on_up(c->ev.ctx, c);
+    /* The connect deadline still runs: it covers the answer to PING too. */
+    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    uv_buf_t b = uv_buf_init((char *)ping, sizeof(ping) - 1);
+    c->state = ST_HELLO;
+    if (uv_try_write((uv_stream_t *)&s->tcp, &b, 1) != (int)b.len)
+        drop(c, PD_EIO, "cannot write");
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
@@ -376,10 +409,17 @@ void redis_conn_close(redis_conn_t *c) {
     wheel_cancel(c->wheel, &c->timer);
     c->state = ST_CLOSED;
     if (c->sock) {
-        c->sock->c = NULL; /* its close callback must not touch c */
-        uv_close((uv_handle_t *)&c->sock->tcp, sock_closed);
+        struct sock *s = c->sock;
         c->sock = NULL;
         c->open_handles--; /* counted as gone now: sock_closed sees no c */
+        if (uv_is_closing((uv_handle_t *)&s->tcp)) {
+            /* Closed by the loop owner's shutdown walk (main's), which the loop has run:
+             * closing it again aborts in libuv, and no close callback will free it. */
+            free(s);
+        } else {
+            s->c = NULL; /* its close callback must not touch c */
+            uv_close((uv_handle_t *)&s->tcp, sock_closed);
+        }
     }
     if (c->resolving)
         uv_cancel((uv_req_t *)&c->gai);

@@ -13,7 +13,7 @@
 #define REFRESH_MS   10000
 #define SUB_BATCH    256
 
-enum { SUB_UNSENT, SUB_SENT };
+enum { SUB_UNSENT, SUB_SENT, SUB_ACTIVE }; /* ACTIVE: the server confirmed it */
 
 struct rnode {
     redis_router_t *r;
@@ -27,6 +27,7 @@ struct rchan {
     uint16_t slot;
     int16_t nodei; /* where it is (or is to be) subscribed; -1 unknown */
     uint8_t state;
+    bool was_active; /* confirmed before: a new confirmation may follow a gap */
     uint16_t len;
     char name[];
 };
@@ -61,7 +62,7 @@ struct redis_router {
     hmap_t chans;
     pd_hashkey_t key;
     wheel_timer_t refresh_timer, flush_timer;
-    bool refreshing, ready, closed;
+    bool refreshing, refresh_again, ready, closed;
 };
 
 static void call_send(struct rcall *c);
@@ -367,43 +368,61 @@ static redis_conn_t *sub_conn(redis_router_t *r, int ni) {
     return n->sub;
 }
 
-/* Sends the subscriptions not yet sent, one SSUBSCRIBE per master and batch. */
+static int cmp_node_slot(const void *a, const void *b) {
+    const struct rchan *x = *(struct rchan *const *)a, *y = *(struct rchan *const *)b;
+    if (x->nodei != y->nodei)
+        return x->nodei < y->nodei ? -1 : 1;
+    return (x->slot > y->slot) - (x->slot < y->slot);
+}
+
+/* Sends the subscriptions not yet sent: one SSUBSCRIBE per master and batch, and in a
+ * cluster one per slot as well (a server refuses channels of several slots in one command
+ * with CROSSSLOT, subscribing none of them). */
 static void flush_subs(wheel_timer_t *t, uint64_t now) {
-    (void)now;
     redis_router_t *r = (redis_router_t *)((char *)t - offsetof(redis_router_t, flush_timer));
-    for (int ni = 0; ni < r->nnodes; ni++) {
-        const char *argv[SUB_BATCH + 1];
-        size_t argvlen[SUB_BATCH + 1];
-        int argc = 1;
-        argv[0] = "SSUBSCRIBE";
-        argvlen[0] = 10;
-        struct rchan *batch[SUB_BATCH];
-        for (hmap_node_t *h = hmap_first(&r->chans); h; h = hmap_next(&r->chans, h)) {
-            struct rchan *ch = (struct rchan *)h;
-            if (ch->state != SUB_UNSENT)
-                continue;
-            if (ch->nodei < 0)
-                ch->nodei = (int16_t)route(r, ch->slot);
-            if (ch->nodei != ni)
-                continue;
-            redis_conn_t *sc = sub_conn(r, ni);
-            if (!sc || !redis_conn_up(sc))
-                break; /* sub_up sends them all */
-            batch[argc - 1] = ch;
-            argv[argc] = ch->name;
-            argvlen[argc] = ch->len;
-            if (++argc == SUB_BATCH + 1) {
-                if (redis_conn_send(sc, argc, argv, argvlen, NULL, NULL) == 0)
-                    for (int i = 0; i < argc - 1; i++)
-                        batch[i]->state = SUB_SENT;
-                argc = 1;
-            }
-        }
-        if (argc > 1 && r->nodes[ni].sub &&
-            redis_conn_send(r->nodes[ni].sub, argc, argv, argvlen, NULL, NULL) == 0)
-            for (int i = 0; i < argc - 1; i++)
-                batch[i]->state = SUB_SENT;
+    size_t n = 0;
+    for (hmap_node_t *h = hmap_first(&r->chans); h; h = hmap_next(&r->chans, h)) {
+        struct rchan *ch = (struct rchan *)h;
+        if (ch->state == SUB_UNSENT && ch->nodei < 0)
+            ch->nodei = (int16_t)route(r, ch->slot);
+        n += ch->state == SUB_UNSENT && ch->nodei >= 0;
     }
+    if (n == 0)
+        return;
+    struct rchan **list = malloc(n * sizeof(*list));
+    if (!list) {
+        wheel_schedule(r->wheel, &r->flush_timer, now + 100);
+        return;
+    }
+    size_t k = 0;
+    for (hmap_node_t *h = hmap_first(&r->chans); h && k < n; h = hmap_next(&r->chans, h)) {
+        struct rchan *ch = (struct rchan *)h;
+        if (ch->state != SUB_UNSENT || ch->nodei < 0)
+            continue;
+        redis_conn_t *sc = sub_conn(r, ch->nodei);
+        if (sc && redis_conn_up(sc)) /* else sub_up sends it */
+            list[k++] = ch;
+    }
+    qsort(list, k, sizeof(*list), cmp_node_slot);
+    const char *argv[SUB_BATCH + 1];
+    size_t argvlen[SUB_BATCH + 1];
+    argv[0] = "SSUBSCRIBE";
+    argvlen[0] = 10;
+    for (size_t i = 0; i < k;) {
+        size_t j = i;
+        int argc = 1;
+        while (j < k && argc <= SUB_BATCH && list[j]->nodei == list[i]->nodei &&
+               (!r->cluster || list[j]->slot == list[i]->slot)) {
+            argv[argc] = list[j]->name;
+            argvlen[argc++] = list[j]->len;
+            j++;
+        }
+        if (redis_conn_send(r->nodes[list[i]->nodei].sub, argc, argv, argvlen, NULL, NULL) == 0)
+            for (size_t x = i; x < j; x++)
+                list[x]->state = SUB_SENT;
+        i = j;
+    }
+    free(list);
 }
 
 int redis_router_subscribe(redis_router_t *r, const char *channel, size_t len) {
@@ -426,7 +445,7 @@ void redis_router_unsubscribe(redis_router_t *r, const char *channel, size_t len
     struct rchan *ch = find_chan(r, channel, len);
     if (!ch)
         return;
-    if (ch->state == SUB_SENT && ch->nodei >= 0 && r->nodes[ch->nodei].sub &&
+    if (ch->state != SUB_UNSENT && ch->nodei >= 0 && r->nodes[ch->nodei].sub &&
         redis_conn_up(r->nodes[ch->nodei].sub)) {
         const char *argv[] = {"SUNSUBSCRIBE", ch->name};
         size_t argvlen[] = {12, ch->len};
@@ -450,10 +469,36 @@ static void sub_up(void *ctx, redis_conn_t *c) {
     schedule_flush(r);
 }
 
+/* A subscribe the server refused. MOVED: our map is stale (a slot moved while we were
+ * subscribing); the slot's channels go to the owner it names. */
+static void sub_refused(redis_router_t *r, struct rnode *n, const char *msg) {
+    uint16_t slot;
+    int ni;
+    int16_t here = (int16_t)(n - r->nodes);
+    if (!r->cluster || strncmp(msg, "MOVED ", 6) != 0 || (ni = redirect_node(r, msg, &slot)) < 0) {
+        PD_WARN(r->log, "redis", "%s:%d refused a subscription: %s", n->host, n->port, msg);
+        return;
+    }
+    r->slots[slot] = (int16_t)ni;
+    for (hmap_node_t *h = hmap_first(&r->chans); h; h = hmap_next(&r->chans, h)) {
+        struct rchan *ch = (struct rchan *)h;
+        if (ch->slot == slot && ch->nodei == here && ch->state == SUB_SENT) {
+            ch->nodei = (int16_t)ni;
+            ch->state = SUB_UNSENT;
+        }
+    }
+    schedule_flush(r);
+    refresh(r);
+}
+
 static void sub_push(void *ctx, redis_conn_t *c, const redisReply *rep) {
     (void)c;
     struct rnode *n = ctx;
     redis_router_t *r = n->r;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        sub_refused(r, n, rep->str);
+        return;
+    }
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
         rep->element[0]->type != REDIS_REPLY_STRING || rep->element[1]->type != REDIS_REPLY_STRING)
         return;
@@ -463,13 +508,27 @@ static void sub_push(void *ctx, redis_conn_t *c, const redisReply *rep) {
         const redisReply *p = rep->element[2];
         if (p->type == REDIS_REPLY_STRING && r->ev.on_message)
             r->ev.on_message(r->ev.ctx, chr->str, chr->len, p->str, p->len);
+    } else if (strcmp(kind, "ssubscribe") == 0) {
+        /* From now on every message on it reaches us: reads of what it announces may go. */
+        struct rchan *ch = find_chan(r, chr->str, chr->len);
+        if (ch && ch->state == SUB_SENT && ch->nodei == (int16_t)(n - r->nodes)) {
+            ch->state = SUB_ACTIVE;
+            /* Messages published while it was moving or reconnecting never reached us. */
+            bool again = ch->was_active;
+            ch->was_active = true;
+            if (again && r->ev.on_resubscribed)
+                r->ev.on_resubscribed(r->ev.ctx, ch->name, ch->len);
+        }
     } else if (strcmp(kind, "sunsubscribe") == 0) {
         /* Not asked for (we forget channels before unsubscribing): the slot moved. Find its
          * new owner and subscribe there. */
         struct rchan *ch = find_chan(r, chr->str, chr->len);
         if (ch) {
+            /* (Or the answer to our own SUNSUBSCRIBE of a channel subscribed again since:
+             * subscribing once more does no harm.) */
             ch->state = SUB_UNSENT;
             ch->nodei = -1;
+            schedule_flush(r); /* standalone: the same server; a cluster waits for the map */
             refresh(r);
         }
     }
@@ -561,6 +620,8 @@ static void ask_map(redis_router_t *r, const char *what) {
 static void map_reply(void *arg, const redisReply *rep, int err) {
     redis_router_t *r = arg;
     r->refreshing = false;
+    bool again = r->refresh_again; /* asked for while this one was out: it may be stale */
+    r->refresh_again = false;
     if (r->closed)
         return;
     if (err || !rep)
@@ -589,7 +650,7 @@ static void map_reply(void *arg, const redisReply *rep, int err) {
         struct rchan *ch = (struct rchan *)h;
         int owner = r->slots[ch->slot];
         if (ch->nodei != owner) {
-            if (ch->state == SUB_SENT && ch->nodei >= 0 && r->nodes[ch->nodei].sub &&
+            if (ch->state != SUB_UNSENT && ch->nodei >= 0 && r->nodes[ch->nodei].sub &&
                 redis_conn_up(r->nodes[ch->nodei].sub)) {
                 const char *argv[] = {"SUNSUBSCRIBE", ch->name};
                 size_t argvlen[] = {12, ch->len};
@@ -600,13 +661,19 @@ static void map_reply(void *arg, const redisReply *rep, int err) {
         }
     }
     schedule_flush(r);
+    flush_waiting(r); /* before update_ready, as in node_up */
     update_ready(r);
-    flush_waiting(r);
+    if (again)
+        refresh(r);
 }
 
 static void refresh(redis_router_t *r) {
-    if (!r->cluster || r->refreshing || r->closed)
+    if (!r->cluster || r->closed)
         return;
+    if (r->refreshing) {
+        r->refresh_again = true;
+        return;
+    }
     ask_map(r, "SHARDS");
 }
 
@@ -639,8 +706,10 @@ static void node_up(void *ctx, redis_conn_t *c) {
     redis_router_t *r = n->r;
     if (r->cluster)
         refresh(r);
-    update_ready(r);
+    /* What waited goes first: becoming ready makes the store re-register everything, and
+     * those newer commands must not overtake the older ones (a state nobody set would show). */
     flush_waiting(r);
+    update_ready(r);
 }
 
 static void node_down(void *ctx, redis_conn_t *c) {
@@ -690,6 +759,11 @@ redis_router_t *redis_router_new(uv_loop_t *loop, wheel_t *wheel, bool cluster,
 void redis_router_start(redis_router_t *r) {
     if (r->cluster)
         wheel_schedule(r->wheel, &r->refresh_timer, uv_now(r->loop) + REFRESH_MS);
+}
+
+bool redis_router_subscribing(redis_router_t *r, const char *channel, size_t len) {
+    const struct rchan *ch = find_chan(r, channel, len);
+    return ch && ch->state != SUB_ACTIVE;
 }
 
 bool redis_router_ready(const redis_router_t *r) {

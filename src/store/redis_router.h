@@ -15,8 +15,9 @@
  *
  * Sharded subscriptions (SSUBSCRIBE) are remembered by channel and re-issued after a
  * reconnect or when the server reports them gone (an unsolicited sunsubscribe: the slot
- * moved), on whichever master then owns the channel's slot. Subscribes made in one loop
- * iteration go out together, one SSUBSCRIBE per master.
+ * moved, or a MOVED refusal), on whichever master then owns the channel's slot. Subscribes
+ * made in one loop iteration go out together, one SSUBSCRIBE per master and slot. A channel
+ * counts as subscribed once the server confirmed it (redis_router_subscribing).
  */
 #ifndef PD_STORE_REDIS_ROUTER_H
 #define PD_STORE_REDIS_ROUTER_H
@@ -42,6 +43,9 @@ typedef struct redis_router_events {
     /* A message on a subscribed channel. */
     void (*on_message)(void *ctx, const char *channel, size_t clen, const char *payload,
                        size_t plen);
+    /* A channel is subscribed again after a reconnect or a slot move: what was published on
+     * it in between was lost. */
+    void (*on_resubscribed)(void *ctx, const char *channel, size_t clen);
 } redis_router_events_t;
 
 /* seeds: "host:port" of the standalone server, or of some cluster nodes (borrowed during
@@ -65,6 +69,10 @@ int redis_router_broadcast(redis_router_t *r, int argc, const char **argv, const
 /* Subscribes (SSUBSCRIBE) to channel until unsubscribed, across reconnects and slot moves. */
 int redis_router_subscribe(redis_router_t *r, const char *channel, size_t len);
 void redis_router_unsubscribe(redis_router_t *r, const char *channel, size_t len);
+
+/* True while channel is subscribed but the server has not confirmed it yet (first
+ * subscribe, reconnect, slot move): a message published now may not reach us. */
+bool redis_router_subscribing(redis_router_t *r, const char *channel, size_t len);
 
 bool redis_router_ready(const redis_router_t *r);
 uint64_t redis_router_subscriptions(const redis_router_t *r);

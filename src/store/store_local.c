@@ -7,9 +7,10 @@
 #include "util/error.h"
 #include "util/istr.h"
 
-#define LAST_SEEN_FLUSH_MS  1000  /* write-behind period of last_seen */
-#define LAST_SEEN_FLUSH_MAX 20000 /* rows per flush: one flush blocks the loop ~20-40 ms at most   \
-                                   */
+#define LAST_SEEN_FLUSH_MS 1000 /* write-behind period of last_seen */
+#define LAST_SEEN_FLUSH_MAX                                                                        \
+    20000 /* rows per flush: one flush blocks the loop ~20-40 ms at most                           \
+           */
 
 struct ls_session {
     struct ls_session *next;

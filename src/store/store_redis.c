@@ -45,6 +45,12 @@ struct script {
 /* A name counted by how many times it is watched (users and rooms). */
 struct watch {
     hmap_node_t node;
+    uint64_t version; /* users: the version of the presence this node last heard of */
+    /* After a catch-up read announced version floor, messages up to it are stale: published
+     * before the read, they reached us after its answer (another connection). */
+    uint64_t floor;
+    bool catching;     /* a catch-up read is out */
+    bool heard_during; /* and a message came meanwhile: the read is no news */
     uint32_t refs;
     uint16_t len;
     char name[];
@@ -63,6 +69,20 @@ struct counters {
     uint64_t *scripts, *errors, *sweeps, *resyncs;
 };
 
+/* A read held back while this node's subscription to a channel it reads is not confirmed
+ * yet: a change published between the read and the confirmation would reach neither the
+ * reader (too late for the read) nor this node (not subscribed yet). Polled each tick, up to
+ * the command timeout. */
+struct gate {
+    wheel_timer_t timer;
+    struct gate *next, *prev;
+    struct store_redis *st;
+    uint64_t deadline;
+    bool (*waiting)(struct gate *g); /* some channel the read needs is still being subscribed */
+    void (*go)(struct gate *g);      /* the read itself */
+    void (*drop)(struct gate *g);    /* destroy: frees it without reading or calling back */
+};
+
 struct store_redis {
     store_t base;
     redis_router_t *router;
@@ -71,20 +91,77 @@ struct store_redis {
     pd_clock_t clock;
     pd_log_t *log;
     store_redis_config_t cfg;
-    char node[64];
+    /* This process's name in Redis: the node id and a random incarnation, "ID~hex". A node
+     * restarted under the same id is a new incarnation: its sessions never share keys with
+     * those the previous process left behind, and those are swept like any dead node's
+     * (the lease of the old incarnation is not renewed by the new one). */
+    char node[80];
     pd_hashkey_t key;
     struct script scripts[S_COUNT];
     hmap_t watches;
     hmap_t expiries;
     wheel_timer_t lease_timer, sweep_timer;
+    struct gate *gates;   /* reads waiting for subscriptions */
     uint64_t ready_since; /* ms; 0 while not ready */
     bool ever_ready;
+    bool closing; /* in destroy: the callers of calls still in flight are gone */
     struct counters n;
 };
 
 typedef struct store_redis store_redis_t;
 
+/* True while the store is being destroyed: the engine and rooms that made a call still in
+ * flight are freed already (main frees them first), so its reply only frees c. */
+static bool caller_gone(const struct store_redis *st, void *c) {
+    if (!st->closing)
+        return false;
+    free(c);
+    return true;
+}
+
 static uint64_t dummy_counter;
+
+/* --- Gated reads --- */
+
+#define GATE_POLL_MS 10
+
+static void gate_unlink(struct gate *g) {
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        g->st->gates = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    g->next = g->prev = NULL;
+}
+
+static void gate_fire(wheel_timer_t *t, uint64_t now) {
+    struct gate *g = (struct gate *)((char *)t - offsetof(struct gate, timer));
+    if (now < g->deadline && g->waiting(g)) {
+        wheel_schedule(g->st->wheel, t, now + GATE_POLL_MS);
+        return;
+    }
+    gate_unlink(g);
+    g->go(g);
+}
+
+/* Runs g's read now, or once the subscriptions it needs are confirmed (bounded). */
+static void gate_start(struct store_redis *st, struct gate *g) {
+    g->st = st;
+    if (!g->waiting(g)) {
+        g->go(g);
+        return;
+    }
+    uint64_t now = pd_clock_ms(&st->clock);
+    g->deadline = now + st->cfg.timeout_ms;
+    wheel_timer_init(&g->timer, gate_fire);
+    g->prev = NULL;
+    g->next = st->gates;
+    if (st->gates)
+        st->gates->prev = g;
+    st->gates = g;
+    wheel_schedule(st->wheel, &g->timer, now + GATE_POLL_MS);
+}
 
 /* --- Keys --- */
 
@@ -338,6 +415,43 @@ static void announce_room_event(store_redis_t *st, const cJSON *j, bool caused) 
     cJSON_free(payload);
 }
 
+static bool watch_eq(const hmap_node_t *n, const void *key, size_t len) {
+    const struct watch *w = (const struct watch *)n;
+    return w->len == len && memcmp(w->name, key, len) == 0;
+}
+
+static struct watch *find_watch(store_redis_t *st, const char *name, size_t len) {
+    return (struct watch *)hmap_find(&st->watches, pd_hash(&st->key, name, len), name, len,
+                                     watch_eq);
+}
+
+static struct watch *user_watch(store_redis_t *st, pd_str_t uid) {
+    char ch[KEY_MAX];
+    return find_watch(st, ch, ukey(ch, uid, ""));
+}
+
+/* Remembers the version of a watched user's presence this node has heard of. */
+static void heard(store_redis_t *st, const pd_presence_t *p) {
+    struct watch *w = user_watch(st, (pd_str_t){p->user_id, p->user_id_len});
+    if (w)
+        w->version = p->version;
+}
+
+/* A change announced on the user's channel: false when a catch-up read already showed it
+ * (or something newer). */
+static bool news(store_redis_t *st, const pd_presence_t *p) {
+    struct watch *w = user_watch(st, (pd_str_t){p->user_id, p->user_id_len});
+    if (!w)
+        return true;
+    if (w->floor && p->version <= w->floor)
+        return false;
+    w->floor = 0;
+    w->version = p->version;
+    if (w->catching)
+        w->heard_during = true;
+    return true;
+}
+
 static void on_message(void *ctx, const char *channel, size_t clen, const char *payload,
                        size_t plen) {
     (void)channel;
@@ -351,7 +465,7 @@ static void on_message(void *ctx, const char *channel, size_t clen, const char *
     } else if (strcmp(t, "p") == 0) {
         pd_presence_t p;
         const char *devs[PD_SESSIONS_PER_USER_MAX];
-        if (to_presence(j, &p, devs) && l->presence_changed)
+        if (to_presence(j, &p, devs) && news(st, &p) && l->presence_changed)
             l->presence_changed(l->ctx, &p);
     } else if (strcmp(t, "v") == 0) {
         const char *u = str(j, "u");
@@ -481,6 +595,8 @@ static int presence_reply(store_redis_t *st, const redisReply *r, pd_presence_t 
 
 static void upsert_done(void *arg, const redisReply *r, int err) {
     struct pcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     pd_presence_t p;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
     cJSON *root = NULL;
@@ -547,6 +663,8 @@ static bool exp_eq(const hmap_node_t *n, const void *key, size_t len) {
 
 static void expiry_done(void *arg, const redisReply *r, int err) {
     struct pcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     pd_presence_t p;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
     cJSON *root = NULL;
@@ -706,6 +824,8 @@ struct rmcall {
 
 static void remove_done(void *arg, const redisReply *r, int err) {
     struct rmcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     bool lingering = false;
     if (!err && r->type == REDIS_REPLY_STRING) {
         if (r->len == 1 && r->str[0] == 'L') {
@@ -753,6 +873,7 @@ static int rd_session_remove(store_t *base, pd_str_t user, uint64_t sid, int mod
 
 /* A bulk read: one script per user (each in its own slot), answered together. */
 struct bulk {
+    struct gate gate; /* first: the gate's callbacks cast back */
     store_redis_t *st;
     store_bulk_cb cb;
     void *arg;
@@ -760,6 +881,7 @@ struct bulk {
     int err;
     redisReply **replies; /* kept until all are in */
     pd_str_t *ids;        /* copies of the ids asked for (the hidden ones are reported) */
+    pd_str_t requester;   /* a copy; s NULL for no privacy filter */
 };
 
 struct bulk_one {
@@ -793,6 +915,15 @@ static void free_copy(redisReply *r) {
     }
 }
 
+static void bulk_free(struct bulk *b) {
+    free(b->replies);
+    for (size_t i = 0; i < b->n; i++)
+        free((char *)b->ids[i].s);
+    free(b->ids);
+    free((char *)b->requester.s);
+    free(b);
+}
+
 static void bulk_finish(struct bulk *b) {
     pd_presence_t *ps = calloc(b->n + 1, sizeof(*ps));
     const char **devs = calloc(b->n * PD_SESSIONS_PER_USER_MAX + 1, sizeof(char *));
@@ -815,13 +946,18 @@ static void bulk_finish(struct bulk *b) {
             continue;
         }
         roots[i] = cJSON_ParseWithLength(r->str, r->len);
-        if (roots[i] && to_presence(roots[i], &ps[np], devs + np * PD_SESSIONS_PER_USER_MAX))
+        if (roots[i] && to_presence(roots[i], &ps[np], devs + np * PD_SESSIONS_PER_USER_MAX)) {
+            heard(b->st, &ps[np]);
             np++;
+        }
     }
-    if (err)
+    if (b->st->closing) {
+        /* the caller is gone: nothing to call */
+    } else if (err) {
         b->cb(b->arg, err, NULL, 0, NULL, 0);
-    else
+    } else {
         b->cb(b->arg, 0, ps, np, hidden, nh);
+    }
     for (size_t i = 0; i < b->n; i++) {
         if (roots)
             cJSON_Delete(roots[i]);
@@ -831,16 +967,14 @@ static void bulk_finish(struct bulk *b) {
     free(ps);
     free(devs);
     free(hidden);
-    free(b->replies);
-    for (size_t i = 0; i < b->n; i++)
-        free((char *)b->ids[i].s);
-    free(b->ids);
-    free(b);
+    bulk_free(b);
 }
 
 static void bulk_one_done(void *arg, const redisReply *r, int err) {
     struct bulk_one *o = arg;
     struct bulk *b = o->b;
+    if (b->st->closing)
+        err = PD_ECLOSED; /* bulk_finish then frees without calling back */
     if (err)
         b->err = err;
     else if (!(b->replies[o->i] = copy_reply(r)))
@@ -854,48 +988,32 @@ static bool rd_ready(store_t *base) {
     return redis_router_ready(((store_redis_t *)base)->router);
 }
 
-static int rd_presence_get(store_t *base, pd_str_t requester, const pd_str_t *users, size_t n,
-                           store_bulk_cb cb, void *arg) {
-    store_redis_t *st = (store_redis_t *)base;
-    if (!rd_ready(base))
-        return PD_EUNAVAIL; /* reads are answered now or not at all */
-    if (n == 0) {
-        cb(arg, 0, NULL, 0, NULL, 0);
-        return 0;
+static bool bulk_waiting(struct gate *g) {
+    struct bulk *b = (struct bulk *)g;
+    for (size_t i = 0; i < b->n; i++) {
+        char ch[KEY_MAX];
+        if (redis_router_subscribing(b->st->router, ch, ukey(ch, b->ids[i], "")))
+            return true;
     }
-    struct bulk *b = calloc(1, sizeof(*b));
-    if (!b || !(b->replies = calloc(n, sizeof(*b->replies))) ||
-        !(b->ids = calloc(n, sizeof(*b->ids)))) {
-        if (b)
-            free(b->replies);
-        free(b);
-        return PD_ENOMEM;
-    }
+    return false;
+}
+
+static void bulk_drop(struct gate *g) {
+    bulk_free((struct bulk *)g);
+}
+
+/* One script per user; the answer once all are in. */
+static void bulk_go(struct gate *g) {
+    struct bulk *b = (struct bulk *)g;
+    store_redis_t *st = b->st;
+    size_t n = b->n;
     for (size_t i = 0; i < n; i++) {
-        char *copy = malloc(users[i].len + 1);
-        if (!copy) {
-            for (size_t k = 0; k < i; k++)
-                free((char *)b->ids[k].s);
-            free(b->ids);
-            free(b->replies);
-            free(b);
-            return PD_ENOMEM;
-        }
-        memcpy(copy, users[i].s, users[i].len);
-        copy[users[i].len] = '\0';
-        b->ids[i] = (pd_str_t){copy, users[i].len};
-    }
-    b->st = st;
-    b->cb = cb;
-    b->arg = arg;
-    b->n = b->left = n;
-    for (size_t i = 0; i < n; i++) {
+        pd_str_t u = b->ids[i];
         char p[KEY_MAX], s[KEY_MAX], c[KEY_MAX], bl[KEY_MAX];
         const char *keys[] = {p, s, c, bl};
-        size_t klens[] = {ukey(p, users[i], ""), ukey(s, users[i], ":s"), ukey(c, users[i], ":c"),
-                          ukey(bl, users[i], ":b")};
-        const char *args[] = {users[i].s, requester.s ? requester.s : ""};
-        size_t alens[] = {users[i].len, requester.s ? requester.len : 0};
+        size_t klens[] = {ukey(p, u, ""), ukey(s, u, ":s"), ukey(c, u, ":c"), ukey(bl, u, ":b")};
+        const char *args[] = {u.s, b->requester.s ? b->requester.s : ""};
+        size_t alens[] = {u.len, b->requester.len};
         struct bulk_one *o = malloc(sizeof(*o));
         int rc = o ? 0 : PD_ENOMEM;
         if (o) {
@@ -906,17 +1024,60 @@ static int rd_presence_get(store_t *base, pd_str_t requester, const pd_str_t *us
                 free(o);
         }
         if (rc) {
+            /* This one and the rest are not sent: count them out (b may be freed then). */
             b->err = rc;
-            if (--b->left == 0)
+            b->left -= n - i;
+            if (b->left == 0)
                 bulk_finish(b);
-            /* The remaining ones would fail alike: count them out. */
-            size_t rest = n - i - 1;
-            b->left -= rest;
-            if (rest && b->left == 0)
-                bulk_finish(b);
-            return 0;
+            return;
         }
     }
+}
+
+static char *dup_str(pd_str_t x) {
+    char *c = malloc(x.len + 1);
+    if (c) {
+        if (x.len)
+            memcpy(c, x.s, x.len);
+        c[x.len] = '\0';
+    }
+    return c;
+}
+
+static int rd_presence_get(store_t *base, pd_str_t requester, const pd_str_t *users, size_t n,
+                           store_bulk_cb cb, void *arg) {
+    store_redis_t *st = (store_redis_t *)base;
+    if (!rd_ready(base))
+        return PD_EUNAVAIL; /* reads are answered now or not at all */
+    if (n == 0) {
+        cb(arg, 0, NULL, 0, NULL, 0);
+        return 0;
+    }
+    struct bulk *b = calloc(1, sizeof(*b));
+    if (!b)
+        return PD_ENOMEM;
+    b->st = st;
+    b->replies = calloc(n, sizeof(*b->replies));
+    b->ids = calloc(n, sizeof(*b->ids));
+    if (requester.s)
+        b->requester = (pd_str_t){dup_str(requester), requester.len};
+    bool ok = b->replies && b->ids && (!requester.s || b->requester.s);
+    for (size_t i = 0; ok && i < n; i++) {
+        b->ids[i] = (pd_str_t){dup_str(users[i]), users[i].len};
+        b->n = i + 1; /* what bulk_free frees */
+        ok = b->ids[i].s != NULL;
+    }
+    if (!ok) {
+        bulk_free(b);
+        return PD_ENOMEM;
+    }
+    b->cb = cb;
+    b->arg = arg;
+    b->left = n;
+    b->gate.waiting = bulk_waiting;
+    b->gate.go = bulk_go;
+    b->gate.drop = bulk_drop;
+    gate_start(st, &b->gate);
     return 0;
 }
 
@@ -934,6 +1095,8 @@ struct privcall {
 
 static void priv_get_done(void *arg, const redisReply *r, int err) {
     struct privcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     cJSON *j = !err && r->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(r->str, r->len) : NULL;
     if (!j) {
         c->pcb(c->arg, err ? err : PD_EIO, NULL);
@@ -993,6 +1156,8 @@ static int rd_privacy_get(store_t *base, pd_str_t user, store_privacy_cb cb, voi
 
 static void done_reply(void *arg, const redisReply *r, int err) {
     struct privcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     if (!err && r->type == REDIS_REPLY_ERROR)
         err = strncmp(r->str, "LIMIT", 5) == 0 ? PD_ELIMIT : PD_EIO;
     if (c->dcb)
@@ -1069,6 +1234,8 @@ static int rd_privacy_replace(store_t *base, pd_str_t user, const store_privacy_
 
 static void bits_done(void *arg, const redisReply *r, int err) {
     struct privcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     uint8_t *bits = calloc(c->n + 1, 1);
     if (!err && (!bits || r->type != REDIS_REPLY_ARRAY || r->elements != c->n))
         err = bits ? PD_EIO : PD_ENOMEM;
@@ -1114,6 +1281,8 @@ static int rd_can_see(store_t *base, pd_str_t target, const pd_str_t *requesters
 
 static void explain_done(void *arg, const redisReply *r, int err) {
     struct privcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     if (!err && r->type == REDIS_REPLY_STRING && r->len == 0) {
         c->xcb(c->arg, PD_ENOTFOUND, NULL);
         free(c);
@@ -1129,7 +1298,7 @@ static void explain_done(void *arg, const redisReply *r, int err) {
         return;
     }
     store_session_view_t sv[PD_SESSIONS_PER_USER_MAX];
-    char nodes[PD_SESSIONS_PER_USER_MAX][64];
+    char nodes[PD_SESSIONS_PER_USER_MAX][80];
     size_t n = 0;
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(j, "s");
     for (const cJSON *x = ss ? ss->child : NULL; x && n < PD_SESSIONS_PER_USER_MAX; x = x->next) {
@@ -1142,9 +1311,12 @@ static void explain_done(void *arg, const redisReply *r, int err) {
                                        .device = str(x, "d") ? str(x, "d") : "",
                                        .status = (uint8_t)num(x, "s"),
                                        .lingering = num(x, "l") != 0};
-        /* Sessions of this node are called "local", so the engine adds their liveness. */
+        /* Sessions of this node are called "local", so the engine adds their liveness;
+         * others are shown by node id (without the incarnation). */
         if (strcmp(nodes[n], c->st->node) == 0)
             sv[n].node = "local";
+        else if (strchr(nodes[n], '~'))
+            *strchr(nodes[n], '~') = '\0';
         n++;
     }
     store_explain_t x = {.presence = &p,
@@ -1182,11 +1354,6 @@ static int rd_explain(store_t *base, pd_str_t user, store_explain_cb cb, void *a
 }
 
 /* --- Watching --- */
-
-static bool watch_eq(const hmap_node_t *n, const void *key, size_t len) {
-    const struct watch *w = (const struct watch *)n;
-    return w->len == len && memcmp(w->name, key, len) == 0;
-}
 
 static int watch_name(store_redis_t *st, const char *name, size_t len) {
     uint64_t h = pd_hash(&st->key, name, len);
@@ -1269,6 +1436,8 @@ static void announce_caused(store_redis_t *st, const cJSON *ev) {
 
 static void join_done(void *arg, const redisReply *r, int err) {
     struct roomcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     cJSON *j = NULL;
     if (!err && r->type == REDIS_REPLY_ERROR)
         err = strncmp(r->str, "FULL", 4) == 0    ? PD_EFULL
@@ -1323,6 +1492,8 @@ static int rd_room_join(store_t *base, pd_str_t room, pd_str_t user, const store
 
 static void leave_done(void *arg, const redisReply *r, int err) {
     struct roomcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     bool lingering = false;
     if (!err && r->type == REDIS_REPLY_STRING) {
         if (r->len == 1 && r->str[0] == 'L') {
@@ -1370,6 +1541,8 @@ static int rd_room_leave(store_t *base, pd_str_t room, pd_str_t user, uint64_t s
 
 static void update_done(void *arg, const redisReply *r, int err) {
     struct roomcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     if (!err && r->type == REDIS_REPLY_STRING && r->len == 1 && r->str[0] == 'N')
         err = PD_ENOTFOUND;
     else if (!err && r->type == REDIS_REPLY_STRING && r->len > 2) {
@@ -1405,6 +1578,8 @@ static int rd_room_update(store_t *base, pd_str_t room, pd_str_t user, pd_str_t 
 
 static void members_done(void *arg, const redisReply *r, int err) {
     struct roomcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     cJSON *j = !err && r->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(r->str, r->len) : NULL;
     const cJSON *ms = j ? cJSON_GetObjectItemCaseSensitive(j, "ms") : NULL;
     size_t n = (size_t)cJSON_GetArraySize(ms);
@@ -1430,31 +1605,90 @@ static void members_done(void *arg, const redisReply *r, int err) {
     free(c);
 }
 
+/* A members read, gated on this node's subscription to the room (a join's first page: the
+ * events after it must reach this node). */
+struct mread {
+    struct gate gate; /* first: the gate's callbacks cast back */
+    store_members_cb cb;
+    void *arg;
+    uint32_t limit;
+    pd_str_t room, after; /* in buf */
+    char buf[];
+};
+
+static bool mread_waiting(struct gate *g) {
+    struct mread *m = (struct mread *)g;
+    char ch[KEY_MAX];
+    return redis_router_subscribing(g->st->router, ch, rkey(ch, m->room, ""));
+}
+
+static void mread_drop(struct gate *g) {
+    free(g);
+}
+
+static int mread_send(struct mread *m) {
+    store_redis_t *st = m->gate.st;
+    char h[KEY_MAX], z[KEY_MAX], lim[16];
+    const char *keys[] = {h, z};
+    size_t klens[] = {rkey(h, m->room, ""), rkey(z, m->room, ":z")};
+    size_t ll = (size_t)snprintf(lim, sizeof(lim), "%u", m->limit);
+    const char *args[] = {m->after.s, lim};
+    size_t alens[] = {m->after.len, ll};
+    struct roomcall *c = calloc(1, sizeof(*c));
+    int rc = c ? 0 : PD_ENOMEM;
+    if (c) {
+        c->st = st;
+        c->mcb = m->cb;
+        c->arg = m->arg;
+        rc = run(st, S_ROOM_MEMBERS, 2, keys, klens, 2, args, alens, members_done, c);
+        if (rc)
+            free(c);
+    }
+    return rc;
+}
+
+static void mread_go(struct gate *g) {
+    struct mread *m = (struct mread *)g;
+    int rc = mread_send(m);
+    if (rc)
+        m->cb(m->arg, rc, NULL, 0, 0, false);
+    free(m);
+}
+
 static int rd_room_members(store_t *base, pd_str_t room, pd_str_t after, uint32_t limit,
                            store_members_cb cb, void *arg) {
     store_redis_t *st = (store_redis_t *)base;
     if (!rd_ready(base))
         return PD_EUNAVAIL;
-    char h[KEY_MAX], z[KEY_MAX], lim[16];
-    const char *keys[] = {h, z};
-    size_t klens[] = {rkey(h, room, ""), rkey(z, room, ":z")};
-    size_t ll = (size_t)snprintf(lim, sizeof(lim), "%u", limit);
-    const char *args[] = {after.s ? after.s : "", lim};
-    size_t alens[] = {after.s ? after.len : 0, ll};
-    struct roomcall *c = calloc(1, sizeof(*c));
-    if (!c)
+    size_t alen = after.s ? after.len : 0;
+    struct mread *m = calloc(1, sizeof(*m) + room.len + alen + 2);
+    if (!m)
         return PD_ENOMEM;
-    c->st = st;
-    c->mcb = cb;
-    c->arg = arg;
-    int rc = run(st, S_ROOM_MEMBERS, 2, keys, klens, 2, args, alens, members_done, c);
-    if (rc)
-        free(c);
-    return rc;
+    m->cb = cb;
+    m->arg = arg;
+    m->limit = limit;
+    memcpy(m->buf, room.s, room.len);
+    m->room = (pd_str_t){m->buf, room.len};
+    if (alen)
+        memcpy(m->buf + room.len + 1, after.s, alen);
+    m->after = (pd_str_t){m->buf + room.len + 1, alen};
+    m->gate.st = st;
+    m->gate.waiting = mread_waiting;
+    m->gate.go = mread_go;
+    m->gate.drop = mread_drop;
+    if (!mread_waiting(&m->gate)) {
+        int rc = mread_send(m); /* the usual case: read now, failures returned */
+        free(m);
+        return rc;
+    }
+    gate_start(st, &m->gate);
+    return 0;
 }
 
 static void count_done(void *arg, const redisReply *r, int err) {
     struct roomcall *c = arg;
+    if (caller_gone(c->st, c))
+        return;
     if (!err && r->type != REDIS_REPLY_INTEGER)
         err = PD_EIO;
     c->ccb(c->arg, err, err ? 0 : (uint32_t)r->integer);
@@ -1530,7 +1764,7 @@ static void lease_fire(wheel_timer_t *t, uint64_t now) {
 /* One dead node's sweep, step by step through its index sets. */
 struct sweep {
     store_redis_t *st;
-    char node[64];
+    char node[80];
     size_t left; /* scripts in flight */
     bool listed_rooms;
 };
@@ -1541,6 +1775,36 @@ static void sweep_entry_done(void *arg, const redisReply *r, int err) {
     (void)r;
     (void)err;
     struct sweep *sw = arg;
+    if (--sw->left == 0)
+        sweep_step(sw);
+}
+
+/* One of the dead node's sessions or room connections removed. The change it made is
+ * caused here (the only node holding the sweep lock): webhooks and event streams hear of it
+ * once. Counted out of the sweep like its SREM, so the sweep goes on once all are done. */
+struct sweep_one {
+    struct sweep *sw;
+    bool room;
+};
+
+static void sweep_one_done(void *arg, const redisReply *r, int err) {
+    struct sweep_one *o = arg;
+    struct sweep *sw = o->sw;
+    store_redis_t *st = sw->st;
+    if (!err && !st->closing && r->type == REDIS_REPLY_STRING && r->len > 1) {
+        if (o->room) {
+            cJSON *j = cJSON_ParseWithLength(r->str, r->len);
+            announce_caused(st, j);
+            cJSON_Delete(j);
+        } else {
+            pd_presence_t p;
+            const char *devs[PD_SESSIONS_PER_USER_MAX];
+            cJSON *root = NULL;
+            presence_reply(st, r, &p, devs, &root);
+            cJSON_Delete(root);
+        }
+    }
+    free(o);
     if (--sw->left == 0)
         sweep_step(sw);
 }
@@ -1566,15 +1830,13 @@ static void sweep_sessions(void *arg, const redisReply *r, int err) {
                                      (int)(e->len - uid.len - 1), nul + 1);
         const char *args[] = {uid.s, sess, "0"};
         size_t alens[] = {uid.len, sl, 1};
-        struct pcall *pc = calloc(1, sizeof(*pc));
-        if (!pc)
+        struct sweep_one *o = calloc(1, sizeof(*o));
+        if (!o)
             continue;
-        pc->st = st;
-        /* The offline this publishes is caused here (the only node holding the sweep lock):
-         * webhooks and event streams hear of it once. */
+        o->sw = sw;
         sw->left++;
-        if (run(st, S_REMOVE, 2, keys, klens, 3, args, alens, expiry_done, pc)) {
-            free(pc);
+        if (run(st, S_REMOVE, 2, keys, klens, 3, args, alens, sweep_one_done, o)) {
+            free(o);
             sw->left--;
         }
         size_t il = nkey(idx, sw->node, ":s");
@@ -1610,13 +1872,16 @@ static void sweep_rooms(void *arg, const redisReply *r, int err) {
                                       (int)(e->len - (size_t)(n2 + 1 - e->str)), n2 + 1);
         const char *args[] = {room.s, user.s, ck, "0", "2"}; /* now, reason timeout */
         size_t alens[] = {room.len, user.len, ckl, 1, 1};
-        struct roomcall *rc = calloc(1, sizeof(*rc));
-        if (!rc)
+        /* Not leave_done: it would drop the entry from this node's own index, where a
+         * connection of the same user with the same sid may be live. */
+        struct sweep_one *o = calloc(1, sizeof(*o));
+        if (!o)
             continue;
-        rc->st = st;
+        o->sw = sw;
+        o->room = true;
         sw->left++;
-        if (run(st, S_ROOM_LEAVE, 2, keys, klens, 5, args, alens, leave_done, rc)) {
-            free(rc);
+        if (run(st, S_ROOM_LEAVE, 2, keys, klens, 5, args, alens, sweep_one_done, o)) {
+            free(o);
             sw->left--;
         }
         size_t il = nkey(idx, sw->node, ":r");
@@ -1634,6 +1899,10 @@ static void sweep_rooms(void *arg, const redisReply *r, int err) {
 static void sweep_step(struct sweep *sw) {
     store_redis_t *st = sw->st;
     char key[KEY_MAX];
+    if (st->closing) {
+        free(sw);
+        return;
+    }
     if (!sw->listed_rooms) {
         sw->listed_rooms = true;
         size_t kl = nkey(key, sw->node, ":r");
@@ -1690,7 +1959,8 @@ static void nodes_listed(void *arg, const redisReply *r, int err) {
         return;
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING || e->len >= 64 || strcmp(e->str, st->node) == 0)
+        if (e->type != REDIS_REPLY_STRING || e->len >= sizeof(st->node) ||
+            strcmp(e->str, st->node) == 0)
             continue;
         struct sweep *sw = calloc(1, sizeof(*sw));
         if (!sw)
@@ -1718,6 +1988,78 @@ static void sweep_fire(wheel_timer_t *t, uint64_t now) {
     }
     uint32_t every = st->cfg.lease_ttl_ms / 2;
     wheel_schedule(st->wheel, t, now + every / 2 + randombytes_uniform(every));
+}
+
+/* What a watched user's channel carried while this node was not subscribed (a reconnect,
+ * a slot move) is lost: their privacy is checked again and their presence read, and
+ * announced when its version is not the one last heard of. (Rooms' missed events cannot be
+ * rebuilt this way; their signals are ephemeral anyway.) */
+struct catchup {
+    store_redis_t *st;
+    size_t len;
+    char uid[];
+};
+
+static void catchup_done(void *arg, const redisReply *r, int err) {
+    struct catchup *c = arg;
+    if (caller_gone(c->st, c))
+        return;
+    store_redis_t *st = c->st;
+    cJSON *j = !err && r->type == REDIS_REPLY_STRING && r->len > 1
+                   ? cJSON_ParseWithLength(r->str, r->len)
+                   : NULL;
+    pd_presence_t p;
+    const char *devs[PD_SESSIONS_PER_USER_MAX];
+    struct watch *w = user_watch(st, (pd_str_t){c->uid, c->len});
+    if (w)
+        w->catching = false;
+    /* A message since the read was sent is newer than the gap, and every later change comes
+     * as a message too: then the read is no news. Else it is announced when its version is
+     * not the last heard (also when lower: Redis lost its data and counts again). */
+    if (w && !w->heard_during && j && to_presence(j, &p, devs)) {
+        store_listener_t *l = &st->base.listener;
+        bool changed = w->version != p.version;
+        w->version = p.version;
+        w->floor = p.version;
+        if (changed && l->presence_changed)
+            l->presence_changed(l->ctx, &p);
+    }
+    cJSON_Delete(j);
+    free(c);
+}
+
+static void on_resubscribed(void *ctx, const char *channel, size_t len) {
+    store_redis_t *st = ctx;
+    static const char prefix[] = "pd:{u:";
+    size_t pl = sizeof(prefix) - 1;
+    if (len <= pl + 1 || memcmp(channel, prefix, pl) != 0 || channel[len - 1] != '}')
+        return;
+    pd_str_t uid = {channel + pl, len - pl - 1};
+    struct catchup *c = calloc(1, sizeof(*c) + uid.len + 1);
+    if (!c)
+        return;
+    c->st = st;
+    c->len = uid.len;
+    memcpy(c->uid, uid.s, uid.len);
+    struct watch *w = user_watch(st, uid);
+    if (w) {
+        w->floor = 0; /* versions before the gap say nothing now (Redis may count anew) */
+        w->catching = true;
+        w->heard_during = false;
+    }
+    /* Privacy first: both scripts go to the user's slot on one connection, answered in
+     * order, so watchers' permissions are current when the presence is announced. */
+    store_listener_t *l = &st->base.listener;
+    if (l->privacy_changed)
+        l->privacy_changed(l->ctx, uid);
+    char p[KEY_MAX], s[KEY_MAX], cs[KEY_MAX], bl[KEY_MAX];
+    const char *keys[] = {p, s, cs, bl};
+    size_t klens[] = {ukey(p, uid, ""), ukey(s, uid, ":s"), ukey(cs, uid, ":c"),
+                      ukey(bl, uid, ":b")};
+    const char *args[] = {c->uid, ""};
+    size_t alens[] = {uid.len, 0};
+    if (run(st, S_GET, 4, keys, klens, 2, args, alens, catchup_done, c))
+        free(c);
 }
 
 static void on_ready(void *ctx, bool ready) {
@@ -1755,6 +2097,13 @@ static int rd_stats(store_t *base, store_stats_t *s) {
 
 static void rd_destroy(store_t *base) {
     store_redis_t *st = (store_redis_t *)base;
+    st->closing = true;
+    while (st->gates) {
+        struct gate *g = st->gates;
+        gate_unlink(g);
+        wheel_cancel(st->wheel, &g->timer);
+        g->drop(g);
+    }
     wheel_cancel(st->wheel, &st->lease_timer);
     wheel_cancel(st->wheel, &st->sweep_timer);
     redis_router_close(st->router);
@@ -1839,7 +2188,7 @@ store_t *store_redis_new(uv_loop_t *loop, wheel_t *wheel, const pd_clock_t *cloc
     st->cfg = *cfg;
     if (!st->cfg.lease_ttl_ms)
         st->cfg.lease_ttl_ms = 10000;
-    snprintf(st->node, sizeof(st->node), "%s", cfg->node_id);
+    snprintf(st->node, sizeof(st->node), "%s~%08x", cfg->node_id, randombytes_random());
     pd_hashkey_generate(&st->key);
     wheel_timer_init(&st->lease_timer, lease_fire);
     wheel_timer_init(&st->sweep_timer, sweep_fire);
@@ -1848,7 +2197,10 @@ store_t *store_redis_new(uv_loop_t *loop, wheel_t *wheel, const pd_clock_t *cloc
         rd_destroy(&st->base);
         return NULL;
     }
-    redis_router_events_t ev = {.ctx = st, .on_ready = on_ready, .on_message = on_message};
+    redis_router_events_t ev = {.ctx = st,
+                                .on_ready = on_ready,
+                                .on_message = on_message,
+                                .on_resubscribed = on_resubscribed};
     st->router = redis_router_new(loop, wheel, cfg->cluster, cfg->seeds, cfg->nseeds,
                                   cfg->timeout_ms ? cfg->timeout_ms : 2000, &ev, log);
     if (!st->router) {

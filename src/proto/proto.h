@@ -87,6 +87,7 @@ enum proto_type {
     XX(LIST_FULL, "list_full", "the contact or block list holds as many users as allowed")         \
     XX(BAD_TOKEN, "bad_token", "a token that does not verify, or has expired")                     \
     XX(WRONG_USER, "wrong_user", "a token for another user than the connection's")                 \
+    XX(UNAVAILABLE, "unavailable", "the shared store (Redis) cannot be reached: retry later")      \
     XX(INTERNAL, "internal", "the server could not complete the request")
 
 enum proto_error_code {

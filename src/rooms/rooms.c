@@ -47,7 +47,7 @@ struct rlink {
     struct rlink *r_next, *r_prev; /* in room->links while live */
     struct rlink *s_next;          /* in the session's list */
     wheel_timer_t timer;           /* signal throttle while live; grace while lingering */
-    uint64_t last_emit;            /* ms */
+    uint64_t last_emit;            /* us (loop ms * 1000): when the last relay was due */
     pd_str_t cursor;               /* pending cursor payload (owned) */
     pd_str_t md; /* the metadata last set (owned), to register it again after a resync */
     uint64_t sid;
@@ -687,10 +687,11 @@ static void emit(struct rlink *l, uint64_t at) {
     }
 }
 
-/* Rounded up: at most cursor_hz relays a second, never a few more. */
+/* In microseconds, rounded up: at most cursor_hz relays a second. Whole milliseconds (34 for
+ * 30 Hz) made a client sending at exactly 30 Hz always early, each value held for a period. */
 static uint64_t signal_period(const rooms_t *r) {
     uint32_t hz = r->cfg.cursor_hz ? r->cfg.cursor_hz : 1;
-    return (1000 + hz - 1) / hz;
+    return (1000000 + hz - 1) / hz;
 }
 
 static void link_timer(wheel_timer_t *t, uint64_t now) {
@@ -706,6 +707,10 @@ static void link_timer(wheel_timer_t *t, uint64_t now) {
     }
     if (l->live)
         emit(l, l->last_emit + signal_period(r));
+}
+
+static uint64_t us_to_ms_ceil(uint64_t due_us) {
+    return (due_us + 999) / 1000;
 }
 
 int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_t payload) {
@@ -730,12 +735,11 @@ int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_
         l->typing = (int8_t)(payload.len == 4); /* "true" */
     }
     uint64_t period = signal_period(r);
-    /* A value a hair early (a client at exactly cursor_hz, its period rounded down) goes out
-     * now as if on time, instead of a timer tick later; the slack never lets a second hold
-     * more than the relays a whole period allows. */
-    uint64_t rem = 1000 % period;
-    uint64_t slack = rem == 0 ? 0 : period / 16 < period - rem - 1 ? period / 16 : period - rem - 1;
-    uint64_t now = now_ms(r), due = l->last_emit + period;
+    /* A value a hair early (the loop clock counts whole milliseconds; a client's timer
+     * jitters) goes out now as if on time instead of a timer tick later. The schedule keeps
+     * its pace: on average never more than cursor_hz relays a second. */
+    uint64_t slack = period / 16 < 2000 ? period / 16 : 2000;
+    uint64_t now = now_ms(r) * 1000, due = l->last_emit + period;
     if (wheel_timer_armed(&l->timer))
         return 0; /* the period's end sends the latest */
     if (l->last_emit == 0 || now >= due)
@@ -743,7 +747,7 @@ int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_
     else if (now + slack >= due)
         emit(l, due);
     else
-        wheel_schedule(r->wheel, &l->timer, due);
+        wheel_schedule(r->wheel, &l->timer, us_to_ms_ceil(due));
     return 0;
 }
 

@@ -409,6 +409,14 @@ const char *pd_config_file(int argc, char **argv) {
 struct file_ctx {
     pd_config_t *cfg;
     char msg[384]; /* the first error */
+    /* The reader's side of the file: its own line count, and the first line it could not pass
+     * to the parser whole. */
+    FILE *f;
+    char *line;
+    size_t line_cap;
+    int lineno;
+    int long_line;
+    char long_msg[384];
 };
 
 static int on_ini(void *user, const char *section, const char *name, const char *value) {
@@ -439,14 +447,70 @@ static int on_ini(void *user, const char *section, const char *name, const char 
     return 1;
 }
 
+/* Feeds the INI parser one line at a time, reading whole lines itself. libinih holds a line in
+ * a buffer of num bytes fixed when it was built (200 in Debian's): a longer line used to reach
+ * it in pieces, the rest of a legal value parsed as a line of its own ("line 2: not a key =
+ * value line" for a one-line file). Such a line is now reported as what it is, under its own
+ * number, with the key it was for. Leading blanks are dropped: libinih reads an indented line
+ * as the continuation of the previous value, so an indented "key = value" silently became part
+ * of the key above it; no setting spans lines. */
+static char *ini_reader_fn(char *str, int num, void *stream) {
+    struct file_ctx *fc = stream;
+    ssize_t n = getline(&fc->line, &fc->line_cap, fc->f);
+    if (n < 0)
+        return NULL;
+    fc->lineno++;
+    const char *p = fc->line;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t len = strlen(p); /* up to a NUL in the line, which ends it as the parser would */
+    if (len + 1 > (size_t)num) {
+        if (*p != '#' && *p != ';' && !fc->long_line) {
+            /* A comment may be as long as it likes; a setting cannot. */
+            char key[72], shown[160];
+            size_t k = strcspn(p, "=:");
+            while (k && (p[k - 1] == ' ' || p[k - 1] == '\t'))
+                k--;
+            snprintf(key, sizeof(key), "%.*s", (int)(k < 64 ? k : 64), p);
+            printable(key, shown, sizeof(shown));
+            fc->long_line = fc->lineno;
+            snprintf(fc->long_msg, sizeof(fc->long_msg),
+                     "the line of '%s' is longer than %d bytes, the most a config file line "
+                     "may hold; give this value as a flag or an environment variable",
+                     shown, num - 2);
+        }
+        p = "\n"; /* keeps the parser's line count in step with ours */
+        len = 1;
+    }
+    memcpy(str, p, len + 1);
+    return str;
+}
+
 int pd_config_parse_file(pd_config_t *cfg, const char *path, FILE *err) {
     struct file_ctx fc = {.cfg = cfg};
-    int line = ini_parse(path, on_ini, &fc);
+    fc.f = fopen(path, "r");
+    if (!fc.f) {
+        fprintf(err, "presenced: cannot read config file '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    int line = ini_parse_stream(ini_reader_fn, &fc, on_ini, &fc);
+    /* A read error looks like the end of the file to the parser: a directory given as the
+     * file read as an empty configuration, "OK". */
+    int read_err = ferror(fc.f) ? (errno ? errno : EIO) : 0;
+    fclose(fc.f);
+    free(fc.line);
+    if (read_err) {
+        fprintf(err, "presenced: cannot read config file '%s': %s\n", path, strerror(read_err));
+        return -1;
+    }
+    if (fc.long_line && (line <= 0 || fc.long_line < line)) {
+        fprintf(err, "presenced: config file '%s' line %d: %s\n", path, fc.long_line, fc.long_msg);
+        return -1;
+    }
     if (line == 0)
         return 0;
     if (line < 0)
-        fprintf(err, "presenced: cannot read config file '%s': %s\n", path,
-                line == -1 ? strerror(errno) : "out of memory");
+        fprintf(err, "presenced: cannot read config file '%s': out of memory\n", path);
     else
         fprintf(err, "presenced: config file '%s' line %d: %s\n", path, line,
                 fc.msg[0] ? fc.msg : "not a key = value line");
@@ -483,9 +547,13 @@ int pd_config_parse_env(pd_config_t *cfg, char **envp, FILE *err) {
         }
         const char *v = eq + 1;
         if (o->type == OPT_LIST) {
-            /* Repeatable keys take a comma-separated list here. */
-            char buf[2048];
-            snprintf(buf, sizeof(buf), "%s", v);
+            /* Repeatable keys take a comma-separated list here. A copy of any length: a fixed
+             * buffer cut a long list short, silently dropping or truncating origins. */
+            char *buf = strdup(v);
+            if (!buf) {
+                fprintf(err, "presenced: out of memory\n");
+                return -1;
+            }
             for (char *save = NULL, *item = strtok_r(buf, ",", &save); item;
                  item = strtok_r(NULL, ",", &save)) {
                 char why[256];
@@ -494,9 +562,11 @@ int pd_config_parse_env(pd_config_t *cfg, char **envp, FILE *err) {
                 if (set_value_from(cfg, o, item, PD_CONFIG_ENV, why, sizeof(why))) {
                     fprintf(err, "presenced: invalid value in environment %.*s: %s\n",
                             (int)(eq - *e), *e, why);
+                    free(buf);
                     return -1;
                 }
             }
+            free(buf);
             continue;
         }
         char why[256];
@@ -509,9 +579,32 @@ int pd_config_parse_env(pd_config_t *cfg, char **envp, FILE *err) {
     return 0;
 }
 
+/* The value of PRESENCED_CONFIG in envp, or NULL. */
+static const char *env_config(char **envp) {
+    static const char name[] = "PRESENCED_CONFIG=";
+    for (char **e = envp; e && *e; e++)
+        if (strncmp(*e, name, sizeof(name) - 1) == 0)
+            return *e + sizeof(name) - 1;
+    return NULL;
+}
+
 int pd_config_load(pd_config_t *cfg, int argc, char **argv, char **envp, FILE *err) {
     pd_config_defaults(cfg);
     const char *file = pd_config_file(argc, argv);
+    if (!file) {
+        /* PRESENCED_CONFIG names the file as --config does (the flag wins). It used to be
+         * taken as a plain setting: the file was never read, yet --check-config said
+         * "configuration OK (FILE)". Checked like any value first, so the message names it. */
+        const char *v = env_config(envp);
+        if (v && v[0]) {
+            char why[256];
+            if (set_value_from(cfg, find_opt("config", 6), v, PD_CONFIG_ENV, why, sizeof(why))) {
+                fprintf(err, "presenced: invalid value in environment PRESENCED_CONFIG: %s\n", why);
+                return -1;
+            }
+            file = cfg->config;
+        }
+    }
     if (file && pd_config_parse_file(cfg, file, err))
         return -1;
     if (pd_config_parse_env(cfg, envp, err))

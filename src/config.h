@@ -93,8 +93,9 @@ int pd_config_parse_file(pd_config_t *cfg, const char *path, FILE *err);
  * PRESENCED_ variable that names no setting is reported as a warning and ignored. */
 int pd_config_parse_env(pd_config_t *cfg, char **envp, FILE *err);
 
-/* Everything, in order of precedence: defaults, the --config file, the environment, the
- * command line. 0, or -1 after writing the error to err. */
+/* Everything, in order of precedence: defaults, the --config file (or, without the flag, the
+ * file PRESENCED_CONFIG names), the environment, the command line. 0, or -1 after writing the
+ * error to err. */
 int pd_config_load(pd_config_t *cfg, int argc, char **argv, char **envp, FILE *err);
 
 /* Writes the usage text with every flag, its default and its meaning. */

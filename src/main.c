@@ -223,9 +223,53 @@ static void handle_readyz(void *ctx, http_exchange_t *ex, const http_request_t *
                               "ready\n", 6);
 }
 
+/* The modules that load what a setting names (a key file, a URL) say what is wrong with it
+ * but not which setting named it. Their messages are caught here and printed with the key in
+ * front, like every other bad value: "presenced: invalid value for '--KEY': ...". */
+struct keyed_err {
+    FILE *f;
+    char *text;
+    size_t len;
+};
+
+static FILE *keyed_open(struct keyed_err *k) {
+    k->text = NULL;
+    k->len = 0;
+    k->f = open_memstream(&k->text, &k->len);
+    return k->f ? k->f : stderr;
+}
+
+/* Stops catching; returns what was written ("" when nothing or it could not be caught). */
+static const char *keyed_text(struct keyed_err *k) {
+    if (k->f) {
+        fclose(k->f);
+        k->f = NULL;
+    }
+    return k->text ? k->text : "";
+}
+
+/* Prints what was caught, each line naming key (NULL: as written), and frees it. */
+static void keyed_print(struct keyed_err *k, const char *key) {
+    char *text = (char *)keyed_text(k);
+    for (char *line = text, *next; *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        else
+            next = line + strlen(line);
+        const char *m = strncmp(line, "presenced: ", 11) == 0 ? line + 11 : line;
+        if (key)
+            fprintf(stderr, "presenced: invalid value for '--%s': %s\n", key, m);
+        else
+            fprintf(stderr, "%s\n", line);
+    }
+    free(k->text);
+    k->text = NULL;
+}
+
 /* Mounts the demo page at / and the JavaScript client at /client/. A directory given by flag
  * must exist; the source-tree defaults are used only when they do. */
-static int mount_one(struct app *a, const char *prefix, const char *flag_dir,
+static int mount_one(struct app *a, const char *prefix, const char *key, const char *flag_dir,
                      const char *default_dir) {
     const char *dir = flag_dir[0] ? flag_dir : default_dir;
     if (!dir || !dir[0])
@@ -233,7 +277,8 @@ static int mount_one(struct app *a, const char *prefix, const char *flag_dir,
     if (static_mount(&a->statics, prefix, dir) != 0) {
         if (!flag_dir[0])
             return 0; /* not run from the source tree: nothing to serve there */
-        PD_ERROR(&a->log, "main", "cannot serve '%s': not a readable directory", dir);
+        fprintf(stderr, "presenced: invalid value for '--%s': '%s' is not a readable directory\n",
+                key, dir);
         return -1;
     }
     PD_INFO(&a->log, "main", "serving %s at %s", a->statics.mounts[a->statics.count - 1].root,
@@ -247,15 +292,30 @@ static int setup_static(struct app *a) {
 #else
     const char *web = NULL, *client = NULL;
 #endif
-    if (mount_one(a, "/client/", a->cfg.client_dir, client) ||
-        mount_one(a, "/", a->cfg.static_dir, web))
+    if (mount_one(a, "/client/", "client-dir", a->cfg.client_dir, client) ||
+        mount_one(a, "/", "static-dir", a->cfg.static_dir, web))
         return -1;
     return static_register(&a->statics, &a->router);
 }
 
-/* The Redis store: one server (--redis) or a cluster (--redis-cluster). 0 or -1 (printed). */
-static int setup_redis(struct app *a) {
-    pd_config_t *c = &a->cfg;
+/* HOST:PORT as the Redis client takes it (the host non-empty, the port 1..65535). The store
+ * checks it only when it starts connecting; checked here so --check-config refuses what the
+ * start would ("--redis http://h:6379" passed the URL parser as the address "http:"). */
+static bool redis_seed_valid(const char *s) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s)
+        return false;
+    size_t nd = strspn(colon + 1, "0123456789");
+    if (nd == 0 || nd > 5 || colon[1 + nd] != '\0')
+        return false;
+    long port = strtol(colon + 1, NULL, 10);
+    return port >= 1 && port <= 65535;
+}
+
+/* The Redis settings, checked, and the seeds parsed into seeds (static storage): 0, or -1
+ * after printing why. Shared by --check-config and the start, which used to be the only one
+ * to look at them (--check-config passed "--redis http://x"). */
+static int redis_settings(const pd_config_t *c, const char ***seeds_out, size_t *nseeds) {
     if (c->redis[0] && c->redis_cluster[0]) {
         fprintf(stderr, "presenced: give --redis or --redis-cluster, not both\n");
         return -1;
@@ -264,7 +324,8 @@ static int setup_redis(struct app *a) {
     static const char *seeds[PD_CONFIG_LIST_MAX];
     size_t n = 0;
     if (c->redis[0]) {
-        if (store_redis_parse_url(c->redis, seeds_buf[0], sizeof(seeds_buf[0]))) {
+        if (store_redis_parse_url(c->redis, seeds_buf[0], sizeof(seeds_buf[0])) ||
+            !redis_seed_valid(seeds_buf[0])) {
             fprintf(stderr,
                     "presenced: invalid value for '--redis': '%s' is not "
                     "redis://HOST:PORT\n",
@@ -278,7 +339,8 @@ static int setup_redis(struct app *a) {
         snprintf(list, sizeof(list), "%s", c->redis_cluster);
         for (char *save = NULL, *t = strtok_r(list, ",", &save); t && n < PD_CONFIG_LIST_MAX;
              t = strtok_r(NULL, ",", &save)) {
-            if (store_redis_parse_url(t, seeds_buf[n], sizeof(seeds_buf[n]))) {
+            if (store_redis_parse_url(t, seeds_buf[n], sizeof(seeds_buf[n])) ||
+                !redis_seed_valid(seeds_buf[n])) {
                 fprintf(stderr,
                         "presenced: invalid value for '--redis-cluster': '%s' is not "
                         "HOST:PORT\n",
@@ -289,12 +351,6 @@ static int setup_redis(struct app *a) {
             n++;
         }
     }
-    if (!c->node_id[0]) {
-        unsigned char rnd[8];
-        randombytes_buf(rnd, sizeof(rnd));
-        for (int i = 0; i < 8; i++)
-            snprintf(c->node_id + 2 * i, 3, "%02x", rnd[i]);
-    }
     for (const char *p = c->node_id; *p; p++) {
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '-' || *p == '_')) {
@@ -302,6 +358,24 @@ static int setup_redis(struct app *a) {
                             "only\n");
             return -1;
         }
+    }
+    *seeds_out = seeds;
+    *nseeds = n;
+    return 0;
+}
+
+/* The Redis store: one server (--redis) or a cluster (--redis-cluster). 0 or -1 (printed). */
+static int setup_redis(struct app *a) {
+    pd_config_t *c = &a->cfg;
+    const char **seeds;
+    size_t n;
+    if (redis_settings(c, &seeds, &n))
+        return -1;
+    if (!c->node_id[0]) {
+        unsigned char rnd[8];
+        randombytes_buf(rnd, sizeof(rnd));
+        for (int i = 0; i < 8; i++)
+            snprintf(c->node_id + 2 * i, 3, "%02x", rnd[i]);
     }
     store_redis_config_t rc = {.cluster = c->redis_cluster[0] != 0,
                                .seeds = seeds,
@@ -315,6 +389,27 @@ static int setup_redis(struct app *a) {
     return a->store ? 0 : -1;
 }
 
+/* Webhooks on loop, fed by events: NULL after printing why, naming the key. */
+static webhooks_t *make_webhooks(struct app *a, uv_loop_t *loop, events_t *events,
+                                 pd_metrics_t *metrics) {
+    if (!a->cfg.webhook_secret_file[0]) {
+        fprintf(stderr, "presenced: --webhook-url needs --webhook-secret-file (the key that "
+                        "signs webhook bodies)\n");
+        return NULL;
+    }
+    webhooks_config_t wc;
+    webhooks_config_default(&wc);
+    wc.urls = (const char *const *)a->cfg.webhook_url;
+    wc.nurls = a->cfg.webhook_url_count;
+    wc.secret_file = a->cfg.webhook_secret_file;
+    struct keyed_err k;
+    webhooks_t *w = webhooks_new(loop, &wc, events, &a->clock, &a->log, metrics, keyed_open(&k));
+    /* Its messages speak of "the webhook secret" or of a "webhook URL". */
+    const char *text = keyed_text(&k);
+    keyed_print(&k, !w ? (strstr(text, "secret") ? "webhook-secret-file" : "webhook-url") : NULL);
+    return w;
+}
+
 /* Loads the token key named by the flags. 0, or -1 after printing why. */
 static int setup_auth(struct app *a) {
     const pd_config_t *c = &a->cfg;
@@ -322,10 +417,20 @@ static int setup_auth(struct app *a) {
         fprintf(stderr, "presenced: give --token-secret-file or --token-public-key, not both\n");
         return -1;
     }
-    if (c->token_secret_file[0] && auth_load_secret(&a->auth, c->token_secret_file, stderr))
-        return -1;
-    if (c->token_public_key[0] && auth_load_public_key(&a->auth, c->token_public_key, stderr))
-        return -1;
+    if (c->token_secret_file[0]) {
+        struct keyed_err k;
+        int rc = auth_load_secret(&a->auth, c->token_secret_file, keyed_open(&k));
+        keyed_print(&k, rc ? "token-secret-file" : NULL);
+        if (rc)
+            return -1;
+    }
+    if (c->token_public_key[0]) {
+        struct keyed_err k;
+        int rc = auth_load_public_key(&a->auth, c->token_public_key, keyed_open(&k));
+        keyed_print(&k, rc ? "token-public-key" : NULL);
+        if (rc)
+            return -1;
+    }
     if ((c->token_issuer[0] || c->token_audience[0]) && a->auth.alg == AUTH_ALG_NONE) {
         fprintf(stderr, "presenced: --token-issuer and --token-audience need a token key\n");
         return -1;
@@ -342,31 +447,66 @@ static int setup_auth(struct app *a) {
     return 0;
 }
 
-/* --check-config: everything start-up would check, short of listening and opening the
- * database: values (already parsed), the token key, static directories, the data
- * directory's access. */
+/* For --check-config: whether the data directory can be used (it, or the directory it would
+ * be created in, must be writable); prints why not. At start the database says so itself when
+ * it cannot be opened (exit 1, "refusing to start"). */
+static bool data_dir_usable(struct app *a) {
+    char parent[1024];
+    snprintf(parent, sizeof(parent), "%s", a->cfg.data_dir);
+    char *slash = strrchr(parent, '/');
+    const char *probe = access(a->cfg.data_dir, F_OK) == 0 ? a->cfg.data_dir
+                        : slash && slash != parent         ? (*slash = '\0', parent)
+                        : slash                            ? "/"
+                                                           : ".";
+    if (access(probe, W_OK | X_OK) != 0) {
+        fprintf(stderr,
+                "presenced: invalid value for '--data-dir': the data directory '%s' is not "
+                "writable (%s: %s)\n",
+                a->cfg.data_dir, probe, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+/* --check-config: everything start-up would check, short of listening, connecting to Redis
+ * and opening the database: values (already parsed), the token key, the API keys file, the
+ * webhook URLs and secret, the Redis addresses and node id, static directories, the data
+ * directory's access. A configuration it passes must not be refused at start. */
 static int check_config(struct app *a) {
     a->log.level = PD_LOG_WARN;
     server_config_t sc;
-    if (build_server_config(a, &sc) || setup_auth(a) != 0 || setup_static(a) != 0) {
+    const char **seeds;
+    size_t nseeds;
+    if (build_server_config(a, &sc) || setup_auth(a) != 0 || setup_static(a) != 0 ||
+        ((a->cfg.redis[0] || a->cfg.redis_cluster[0]) &&
+         redis_settings(&a->cfg, &seeds, &nseeds))) {
         auth_config_free(&a->auth);
         return 2;
     }
     auth_config_free(&a->auth);
-    if (!a->cfg.ephemeral) {
-        char parent[1024];
-        snprintf(parent, sizeof(parent), "%s", a->cfg.data_dir);
-        char *slash = strrchr(parent, '/');
-        const char *probe = access(a->cfg.data_dir, F_OK) == 0 ? a->cfg.data_dir
-                            : slash && slash != parent         ? (*slash = '\0', parent)
-                            : slash                            ? "/"
-                                                               : ".";
-        if (access(probe, W_OK | X_OK) != 0) {
-            fprintf(stderr, "presenced: data directory '%s' is not writable (%s: %s)\n",
-                    a->cfg.data_dir, probe, strerror(errno));
+    if (a->cfg.api_keys_file[0]) {
+        struct keyed_err k;
+        int rc = api_check_keys_file(a->cfg.api_keys_file, keyed_open(&k));
+        keyed_print(&k, rc ? "api-keys-file" : NULL);
+        if (rc)
             return 2;
-        }
     }
+    if (a->cfg.webhook_url_count) {
+        /* Built for real on a loop of its own, so every check start-up makes is made. */
+        uv_loop_t loop;
+        events_t events;
+        events_init(&events);
+        if (uv_loop_init(&loop) != 0)
+            return 2;
+        webhooks_t *w = make_webhooks(a, &loop, &events, NULL);
+        webhooks_free(w);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        if (!w)
+            return 2;
+    }
+    if (!a->cfg.ephemeral && !data_dir_usable(a))
+        return 2;
     if (a->cfg.config[0])
         printf("presenced: configuration OK (%s)\n", a->cfg.config);
     else
@@ -539,8 +679,10 @@ int main(int argc, char **argv) {
                            .max_contacts = a->cfg.max_contacts,
                            .sse_keepalive_ms = a->cfg.sse_keepalive,
                            .kick_code = 4002};
+        struct keyed_err k;
         a->api = api_new(&ac, a->engine, a->rooms, &a->events, &a->wheel, &a->clock, &a->log,
-                         a->metrics, stderr);
+                         a->metrics, keyed_open(&k));
+        keyed_print(&k, a->api ? NULL : "api-keys-file");
         if (!a->api) {
             exit_code = 2;
             goto out;
@@ -549,21 +691,18 @@ int main(int argc, char **argv) {
         PD_INFO(&a->log, "main", "HTTP API at /v1/ (keys from %s)", a->cfg.api_keys_file);
     }
     if (a->cfg.webhook_url_count) {
-        webhooks_config_t wc;
-        webhooks_config_default(&wc);
-        wc.urls = (const char *const *)a->cfg.webhook_url;
-        wc.nurls = a->cfg.webhook_url_count;
-        wc.secret_file = a->cfg.webhook_secret_file[0] ? a->cfg.webhook_secret_file : NULL;
-        a->webhooks =
-            webhooks_new(a->loop, &wc, &a->events, &a->clock, &a->log, a->metrics, stderr);
+        a->webhooks = make_webhooks(a, a->loop, &a->events, a->metrics);
         if (!a->webhooks) {
             exit_code = 2;
             goto out;
         }
     }
-    /* Last: the demo page's mount at / takes whatever the routes above do not. */
-    if (setup_static(a) != 0)
+    /* Last: the demo page's mount at / takes whatever the routes above do not. A directory
+     * that cannot be served is a bad value, refused with 2 like the others (it was 1). */
+    if (setup_static(a) != 0) {
+        exit_code = 2;
         goto out;
+    }
     if (a->cfg.dev_auth)
         PD_WARN(&a->log, "main",
                 "DEVELOPMENT AUTH IS ON: anyone can connect as any user with ?user=ID. "

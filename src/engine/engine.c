@@ -59,6 +59,7 @@ struct session {
     unsigned closed : 1;       /* the connection is gone */
     unsigned auto_away : 1;    /* opted in to server-side idle detection */
     unsigned auto_away_on : 1; /* currently away because of it */
+    unsigned kicked : 1;       /* closed by a backend (engine_kick): no grace window */
 };
 
 struct engine_counters {
@@ -576,7 +577,9 @@ void engine_session_close(session_t *s, int how) {
     s->pending++; /* holds s across a store call that may complete (and free it) at once */
     if (s->present) {
         set_present(s, false);
-        int mode = how == ENGINE_END_TIMEOUT ? STORE_REMOVE_NOW : STORE_REMOVE_GRACE;
+        /* A kicked session does not linger: the grace window is for reconnects, and a user
+         * the backend disconnected (a ban, a password change) is not expected back. */
+        int mode = how == ENGINE_END_TIMEOUT || s->kicked ? STORE_REMOVE_NOW : STORE_REMOVE_GRACE;
         if (remove_session(s, mode, NULL, NULL) != 0)
             PD_WARN(e->log, "engine", "session %llu of %.*s: cannot remove from the store",
                     (unsigned long long)s->sid, (int)s->user->id_len, s->user->id);
@@ -1212,6 +1215,7 @@ uint32_t engine_kick(engine_t *e, pd_str_t user, uint16_t code, const char *reas
         if (s->client && !s->closed) {
             /* The close completes later (on_close from the server's flush): nothing is
              * freed under this loop. */
+            s->kicked = 1;
             e->ops.close(s->client, code, reason);
             n++;
         }

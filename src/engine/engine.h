@@ -177,7 +177,8 @@ int engine_privacy_set(engine_t *e, pd_str_t user, const store_privacy_t *p, eng
 /* Whether requester may see target (the privacy rule); bits[0] through cb. */
 int engine_can_see(engine_t *e, pd_str_t requester, pd_str_t target, store_bits_cb cb, void *arg);
 
-/* Closes every connection of user on this node with code and reason; returns how many. */
+/* Closes every connection of user on this node with code and reason; returns how many. Their
+ * sessions end without a grace window (the user is offline once the last one is closed). */
 uint32_t engine_kick(engine_t *e, pd_str_t user, uint16_t code, const char *reason);
 
 /* Why user shows as they do, with each local session's last liveness (epoch seconds; 0 for

@@ -956,7 +956,6 @@ static void open_stream(api_t *a, http_exchange_t *ex, const http_request_t *req
             goto err_free;
         }
         memcpy(s->prefix, buf, (size_t)n + 1);
-        s->rooms_only = n > 0;
     }
     n = http_query_get(req->query, req->query_len, "users", buf, sizeof(buf));
     if (n != PD_ENOTFOUND) {
@@ -976,8 +975,12 @@ static void open_stream(api_t *a, http_exchange_t *ex, const http_request_t *req
                 goto err_free;
             }
         }
-        s->presence_only = s->nusers > 0 && !s->rooms_only;
     }
+    /* Each filter narrows its own kind of event and, alone, leaves out the other kind; given
+     * both, both kinds come, each filtered (a prefix used to drop every presence event, so
+     * users= was silently ignored beside it). */
+    s->rooms_only = s->prefix[0] && s->nusers == 0;
+    s->presence_only = s->nusers > 0 && !s->prefix[0];
     s->api = a;
     s->st =
         http_exchange_stream(ex, 200, "text/event-stream", "X-Accel-Buffering: no\r\n", sse_end, s);
@@ -1130,6 +1133,18 @@ static int load_keys(api_t *a, const char *path, FILE *err) {
         rc = -1;
     }
     OPENSSL_cleanse(line, sizeof(line));
+    return rc;
+}
+
+int api_check_keys_file(const char *path, FILE *err) {
+    api_t *a = calloc(1, sizeof(*a));
+    if (!a) {
+        fprintf(err, "presenced: out of memory\n");
+        return -1;
+    }
+    int rc = load_keys(a, path, err);
+    OPENSSL_cleanse(a->keys, sizeof(a->keys));
+    free(a);
     return rc;
 }
 

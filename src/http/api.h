@@ -42,6 +42,10 @@ api_t *api_new(const api_config_t *cfg, engine_t *engine, rooms_t *rooms, events
                wheel_t *wheel, const pd_clock_t *clock, pd_log_t *log, pd_metrics_t *metrics,
                FILE *err);
 
+/* Reads the API keys file as api_new does, for --check-config: 0, or -1 after writing why to
+ * err. */
+int api_check_keys_file(const char *path, FILE *err);
+
 /* Routes /v1/ to the API. */
 int api_register(api_t *a, http_router_t *router);
 

@@ -172,7 +172,10 @@ static void on_drained(uv_timer_t *t) {
 
 static void on_shutdown_done(void *arg) {
     struct app *a = arg;
-    if (a->draining && a->cfg.offline_grace > 0) {
+    /* Nothing in a grace window (no session, no room link left): no reason to wait. */
+    bool lingering = (a->engine && engine_session_count(a->engine) > 0) ||
+                     (a->rooms && rooms_local_count(a->rooms) > 0);
+    if (a->draining && a->cfg.offline_grace > 0 && lingering) {
         /* Clients were told to reconnect (1012), maybe to another node: their presence is
          * kept through the grace window, as for any disconnect, and only then ends. */
         PD_INFO(&a->log, "main",
@@ -632,7 +635,7 @@ int main(int argc, char **argv) {
             goto out;
         }
         PD_INFO(&a->log, "main", "settings are kept in %s/presenced.db", a->cfg.data_dir);
-    } else if (a->store) {
+    } else if (a->store && strcmp(a->store->ops->name, "local") == 0) {
         PD_WARN(&a->log, "main",
                 "--ephemeral: settings, contacts and last_seen are kept in "
                 "memory only and lost at exit");
@@ -747,6 +750,9 @@ out:
         uv_walk(a->loop, close_walk, NULL);
         uv_run(a->loop, UV_RUN_DEFAULT);
     }
+    /* Store calls still in flight (Redis) complete now, while the API, engine and rooms that
+     * wait for them exist; then those are freed. */
+    store_shutdown(a->store);
     webhooks_free(a->webhooks);
     api_free(a->api);
     dispatch_free(a->dispatch);

@@ -42,11 +42,14 @@ struct dconn {
     double exp;           /* epoch seconds; 0 without a token */
     char **channels;      /* the token's channels patterns; NULL: any channel */
     uint32_t nchannels;
+    uint32_t replies; /* answers owed (struct reply) still waiting for their callback */
+    bool gone;        /* the connection closed: c is freed; this lives on for the replies */
 };
 
 /* An answer owed to a request whose engine call may complete later. */
 struct reply {
     dispatch_t *d;
+    struct dconn *dc; /* dc->gone: the connection closed meanwhile, nobody to answer */
     conn_t *c;
     proto_id_t id;
     uint8_t type;
@@ -115,11 +118,13 @@ static void send_ack(conn_t *c, const proto_id_t *id) {
         send_frame(c, proto_encode_ack(id));
 }
 
-static struct reply *reply_new(dispatch_t *d, conn_t *c, const proto_msg_t *m) {
+static struct reply *reply_new(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
     struct reply *r = malloc(sizeof(*r));
     if (r) {
         r->d = d;
-        r->c = c;
+        r->dc = dc;
+        dc->replies++;
+        r->c = dc->c;
         r->id = m->id;
         r->type = m->type;
         r->channel_len = (uint8_t)m->channel.len;
@@ -127,6 +132,32 @@ static struct reply *reply_new(dispatch_t *d, conn_t *c, const proto_msg_t *m) {
             memcpy(r->channel, m->channel.s, m->channel.len);
     }
     return r;
+}
+
+static void dconn_free(struct dconn *dc) {
+    auth_claims_t old = {.channels = dc->channels, .nchannels = dc->nchannels};
+    auth_claims_free(&old);
+    free(dc);
+}
+
+/* Frees an answered (or abandoned) reply; the last one of a closed connection frees its dconn.
+ * Stores answer later than the connection may live (Redis): a reply must never reach a freed
+ * conn_t. */
+static void reply_free(struct reply *r) {
+    if (!r)
+        return;
+    struct dconn *dc = r->dc;
+    free(r);
+    if (--dc->replies == 0 && dc->gone)
+        dconn_free(dc);
+}
+
+/* True when nobody is there to answer: the reply is freed. */
+static bool reply_gone(struct reply *r) {
+    if (!r->dc->gone)
+        return false;
+    reply_free(r);
+    return true;
 }
 
 static void engine_error(dispatch_t *d, conn_t *c, const proto_id_t *id, int type, int err) {
@@ -162,6 +193,8 @@ static void engine_error(dispatch_t *d, conn_t *c, const proto_id_t *id, int typ
 
 static void on_done(void *arg, int err) {
     struct reply *r = arg;
+    if (reply_gone(r))
+        return;
     if (err == PD_ECLOSED) {
         /* The connection went away meanwhile: nobody to answer. */
     } else if (err) {
@@ -169,11 +202,13 @@ static void on_done(void *arg, int err) {
     } else {
         send_ack(r->c, &r->id);
     }
-    free(r);
+    reply_free(r);
 }
 
 static void on_presences(void *arg, int err, const pd_presence_t *ps, size_t n) {
     struct reply *r = arg;
+    if (reply_gone(r))
+        return;
     if (err == PD_ECLOSED) {
     } else if (err) {
         engine_error(r->d, r->c, &r->id, r->type, err);
@@ -181,7 +216,7 @@ static void on_presences(void *arg, int err, const pd_presence_t *ps, size_t n) 
         const char *type = r->type == PROTO_SUBSCRIBE ? "initial_presence" : "presence_result";
         send_frame(r->c, proto_encode_presences(type, &r->id, ps, n));
     }
-    free(r);
+    reply_free(r);
 }
 
 static pd_str_t reply_channel(const struct reply *r) {
@@ -191,6 +226,8 @@ static pd_str_t reply_channel(const struct reply *r) {
 static void on_state(void *arg, int err, const char *mode, const pd_member_t *ms, size_t n,
                      uint32_t count, bool more) {
     struct reply *r = arg;
+    if (reply_gone(r))
+        return;
     if (err == PD_ECLOSED) {
     } else if (err) {
         engine_error(r->d, r->c, &r->id, r->type, err);
@@ -200,12 +237,14 @@ static void on_state(void *arg, int err, const char *mode, const pd_member_t *ms
         send_frame(r->c,
                    proto_encode_channel_state(&r->id, reply_channel(r), mode, ms, n, count, next));
     }
-    free(r);
+    reply_free(r);
 }
 
 static void on_members(void *arg, int err, const pd_member_t *ms, size_t n, uint32_t count,
                        bool more) {
     struct reply *r = arg;
+    if (reply_gone(r))
+        return;
     if (err) {
         engine_error(r->d, r->c, &r->id, r->type, err);
     } else {
@@ -214,20 +253,24 @@ static void on_members(void *arg, int err, const pd_member_t *ms, size_t n, uint
         send_frame(r->c,
                    proto_encode_channel_members(&r->id, reply_channel(r), ms, n, count, next));
     }
-    free(r);
+    reply_free(r);
 }
 
 static void on_count(void *arg, int err, uint32_t count) {
     struct reply *r = arg;
+    if (reply_gone(r))
+        return;
     if (err)
         engine_error(r->d, r->c, &r->id, r->type, err);
     else
         send_frame(r->c, proto_encode_channel_count(&r->id, reply_channel(r), count));
-    free(r);
+    reply_free(r);
 }
 
 static void on_privacy(void *arg, int err, const store_privacy_t *p) {
     struct reply *r = arg;
+    if (reply_gone(r))
+        return;
     if (err == PD_ECLOSED) {
     } else if (err) {
         engine_error(r->d, r->c, &r->id, r->type, err);
@@ -235,7 +278,7 @@ static void on_privacy(void *arg, int err, const store_privacy_t *p) {
         send_frame(r->c, proto_encode_privacy(&r->id, privacy_visibility_name(p->visibility),
                                               p->contacts, p->ncontacts, p->blocked, p->nblocked));
     }
-    free(r);
+    reply_free(r);
 }
 
 static bool channel_allowed(const struct dconn *dc, pd_str_t channel) {
@@ -244,14 +287,16 @@ static bool channel_allowed(const struct dconn *dc, pd_str_t channel) {
 }
 
 /* Privacy requests: the connection's user manages their own settings. */
-static void do_privacy(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
+static void do_privacy(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
+    conn_t *c = dc->c;
+    session_t *s = dc->s;
     pd_str_t me = engine_session_user(s);
     if (m->user_id.s && m->user_id.len == me.len && memcmp(m->user_id.s, me.s, me.len) == 0) {
         send_error(d, c, &m->id, PROTO_E_BAD_USER_ID,
                    "a user cannot be their own contact or block themselves");
         return;
     }
-    struct reply *r = reply_new(d, c, m);
+    struct reply *r = reply_new(d, dc, m);
     if (!r) {
         send_error(d, c, &m->id, PROTO_E_INTERNAL, "out of memory");
         return;
@@ -275,7 +320,7 @@ static void do_privacy(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t
     }
     if (rc) {
         engine_error(d, c, &m->id, m->type, rc);
-        free(r);
+        reply_free(r);
     }
 }
 
@@ -335,8 +380,10 @@ static void do_refresh(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
 }
 
 /* Room requests; each either completes through a callback that frees r, or fails here. */
-static void do_room(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
-    struct reply *r = reply_new(d, c, m);
+static void do_room(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
+    conn_t *c = dc->c;
+    session_t *s = dc->s;
+    struct reply *r = reply_new(d, dc, m);
     if (!r) {
         send_error(d, c, &m->id, PROTO_E_INTERNAL, "out of memory");
         return;
@@ -366,14 +413,14 @@ static void do_room(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m
                                 m->typing ? (pd_str_t){"true", 4} : (pd_str_t){"false", 5});
         if (rc == 0)
             send_ack(c, &m->id);
-        free(r);
+        reply_free(r);
         if (rc)
             engine_error(d, c, &m->id, m->type, rc);
         return;
     }
     if (rc) {
         engine_error(d, c, &m->id, m->type, rc);
-        free(r);
+        reply_free(r);
     }
 }
 
@@ -388,7 +435,9 @@ static store_text_t text_field(const proto_opt_t *o) {
     return t;
 }
 
-static void do_update(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
+static void do_update(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
+    conn_t *c = dc->c;
+    session_t *s = dc->s;
     engine_update_t u = {
         .status = m->status, .announce = m->type == PROTO_SET_ONLINE, .auto_away = m->auto_away};
     if (m->device.state == PROTO_SET)
@@ -397,7 +446,7 @@ static void do_update(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t 
     u.fields.activity = text_field(&m->activity);
     if (m->custom_status_expires_in > 0)
         u.fields.custom_status_expires = pd_clock_wall(&d->clock) + m->custom_status_expires_in;
-    struct reply *r = reply_new(d, c, m);
+    struct reply *r = reply_new(d, dc, m);
     if (!r) {
         send_error(d, c, &m->id, PROTO_E_INTERNAL, "out of memory");
         return;
@@ -405,12 +454,14 @@ static void do_update(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t 
     int rc = engine_update(s, &u, on_done, r);
     if (rc) {
         engine_error(d, c, &m->id, m->type, rc);
-        free(r);
+        reply_free(r);
     }
 }
 
-static void do_ids(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m) {
-    struct reply *r = reply_new(d, c, m);
+static void do_ids(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
+    conn_t *c = dc->c;
+    session_t *s = dc->s;
+    struct reply *r = reply_new(d, dc, m);
     if (!r) {
         send_error(d, c, &m->id, PROTO_E_INTERNAL, "out of memory");
         return;
@@ -419,7 +470,7 @@ static void do_ids(dispatch_t *d, conn_t *c, session_t *s, const proto_msg_t *m)
                                         : engine_get_presence(s, m->ids, m->nids, on_presences, r);
     if (rc) {
         engine_error(d, c, &m->id, m->type, rc);
-        free(r);
+        reply_free(r);
     }
 }
 
@@ -432,18 +483,18 @@ static void handle(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
         break;
     case PROTO_SET_ONLINE:
     case PROTO_SET_STATUS:
-        do_update(d, c, s, m);
+        do_update(d, dc, m);
         break;
     case PROTO_HEARTBEAT:
         engine_heartbeat(s, m->device.state == PROTO_SET ? m->device.v : (pd_str_t){0});
         send_ack(c, &m->id);
         break;
     case PROTO_SET_OFFLINE: {
-        struct reply *r = reply_new(d, c, m);
+        struct reply *r = reply_new(d, dc, m);
         int rc = r ? engine_set_offline(s, on_done, r) : PD_ENOMEM;
         if (rc) {
             engine_error(d, c, &m->id, m->type, rc);
-            free(r);
+            reply_free(r);
         }
         break;
     }
@@ -453,7 +504,7 @@ static void handle(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
         break;
     case PROTO_SUBSCRIBE:
     case PROTO_GET_PRESENCE:
-        do_ids(d, c, s, m);
+        do_ids(d, dc, m);
         break;
     case PROTO_UNSUBSCRIBE:
         engine_unsubscribe(s, m->ids, m->nids);
@@ -468,13 +519,13 @@ static void handle(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
                        "the connection's token does not allow this channel");
             break;
         }
-        do_room(d, c, s, m);
+        do_room(d, dc, m);
         break;
     case PROTO_LEAVE:
     case PROTO_UPDATE:
     case PROTO_CURSOR:
     case PROTO_TYPING:
-        do_room(d, c, s, m);
+        do_room(d, dc, m);
         break;
     case PROTO_SET_VISIBILITY:
     case PROTO_ADD_CONTACT:
@@ -482,7 +533,7 @@ static void handle(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
     case PROTO_BLOCK:
     case PROTO_UNBLOCK:
     case PROTO_GET_PRIVACY:
-        do_privacy(d, c, s, m);
+        do_privacy(d, dc, m);
         break;
     case PROTO_REFRESH:
         do_refresh(d, dc, m);
@@ -613,9 +664,10 @@ static void on_close(void *ctx, conn_t *c, void *app, enum conn_end why) {
     rooms_session_close(d->rooms, dc->s, how);
     engine_session_close(dc->s, how);
     wheel_cancel(d->cfg.wheel, &dc->expiry);
-    auth_claims_t old = {.channels = dc->channels, .nchannels = dc->nchannels};
-    auth_claims_free(&old);
-    free(dc);
+    dc->gone = true;
+    dc->c = NULL;
+    if (dc->replies == 0)
+        dconn_free(dc);
 }
 
 void dispatch_ws_handlers(dispatch_t *d, server_ws_handlers_t *h) {

@@ -588,6 +588,10 @@ void engine_session_close(session_t *s, int how) {
     maybe_free(s);
 }
 
+uint64_t engine_session_count(const engine_t *e) {
+    return *e->n.sessions > 0 ? (uint64_t)*e->n.sessions : 0;
+}
+
 void engine_flush_lingering(engine_t *e) {
     for (hmap_node_t *n = hmap_first(&e->users); n;) {
         struct euser *u = (struct euser *)n;

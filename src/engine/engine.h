@@ -81,6 +81,9 @@ void engine_free(engine_t *e);
  * for an orderly shutdown, where no reconnect to this node can come. */
 void engine_flush_lingering(engine_t *e);
 
+/* Sessions not yet ended: open ones, and closed ones in their grace window. */
+uint64_t engine_session_count(const engine_t *e);
+
 /* --- Sessions --- */
 
 /* A new connection of user (a valid id). The session is not present until it announces

@@ -313,6 +313,8 @@ static struct rcall *call_new(redis_router_t *r, int argc, const char **argv, co
 
 int redis_router_call(redis_router_t *r, const char *key, size_t klen, int argc, const char **argv,
                       const size_t *argvlen, redis_reply_cb cb, void *arg) {
+    if (!r)
+        return PD_ECLOSED; /* closed at shutdown (store_shutdown) */
     if (r->nwait >= REDIS_WAIT_MAX)
         return PD_EUNAVAIL;
     struct rcall *c = call_new(r, argc, argv, argvlen, cb, arg);
@@ -326,6 +328,8 @@ int redis_router_call(redis_router_t *r, const char *key, size_t klen, int argc,
 int redis_router_broadcast(redis_router_t *r, int argc, const char **argv, const size_t *argvlen,
                            redis_reply_cb cb, void *arg) {
     int sent = 0;
+    if (!r)
+        return 0;
     for (int i = 0; i < r->nnodes; i++) {
         if (!redis_conn_up(r->nodes[i].cmd))
             continue;
@@ -426,6 +430,8 @@ static void flush_subs(wheel_timer_t *t, uint64_t now) {
 }
 
 int redis_router_subscribe(redis_router_t *r, const char *channel, size_t len) {
+    if (!r)
+        return PD_ECLOSED;
     if (find_chan(r, channel, len))
         return 0;
     struct rchan *ch = calloc(1, sizeof(*ch) + len + 1);
@@ -442,7 +448,7 @@ int redis_router_subscribe(redis_router_t *r, const char *channel, size_t len) {
 }
 
 void redis_router_unsubscribe(redis_router_t *r, const char *channel, size_t len) {
-    struct rchan *ch = find_chan(r, channel, len);
+    struct rchan *ch = r ? find_chan(r, channel, len) : NULL;
     if (!ch)
         return;
     if (ch->state != SUB_UNSENT && ch->nodei >= 0 && r->nodes[ch->nodei].sub &&
@@ -762,16 +768,16 @@ void redis_router_start(redis_router_t *r) {
 }
 
 bool redis_router_subscribing(redis_router_t *r, const char *channel, size_t len) {
-    const struct rchan *ch = find_chan(r, channel, len);
+    const struct rchan *ch = r ? find_chan(r, channel, len) : NULL;
     return ch && ch->state != SUB_ACTIVE;
 }
 
 bool redis_router_ready(const redis_router_t *r) {
-    return r->ready;
+    return r && r->ready;
 }
 
 uint64_t redis_router_subscriptions(const redis_router_t *r) {
-    return r->chans.count;
+    return r ? r->chans.count : 0;
 }
 
 void redis_router_close(redis_router_t *r) {

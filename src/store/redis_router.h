@@ -57,7 +57,9 @@ void redis_router_start(redis_router_t *r);
 
 /* Sends a command for the slot of key (a key of the command, or any string with the same
  * hash tag); cb gets the reply (an error reply too) or err (PD_EUNAVAIL, PD_ETIMEDOUT).
- * argv is copied. 0 or PD_ENOMEM / PD_EUNAVAIL (queue full); cb is called only after 0. */
+ * argv is copied. 0 or PD_ENOMEM / PD_EUNAVAIL (queue full) / PD_ECLOSED (r NULL: the
+ * router was closed); cb is called only after 0. Every function here takes a NULL router as
+ * a closed one. */
 int redis_router_call(redis_router_t *r, const char *key, size_t klen, int argc, const char **argv,
                       const size_t *argvlen, redis_reply_cb cb, void *arg);
 
@@ -80,6 +82,8 @@ uint64_t redis_router_subscriptions(const redis_router_t *r);
 /* The hash slot of key (CRC16 of its hash tag). */
 uint16_t redis_slot(const char *key, size_t len);
 
+/* Fails every call waiting or in flight (their callbacks run now, with PD_EUNAVAIL) and
+ * frees the router. */
 void redis_router_close(redis_router_t *r);
 
 #endif

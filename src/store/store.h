@@ -200,6 +200,10 @@ typedef struct store_ops {
      * once per checkpoint for each such user; values not newer than the stored one are
      * ignored. NULL: the store keeps last_seen as of the last change only. */
     void (*seen)(store_t *st, pd_str_t user, double when);
+    /* Before the engine and rooms are freed at exit: every call still in flight completes now
+     * (with an error), so that its caller frees what it holds; later calls fail with
+     * PD_ECLOSED. NULL when every call completes before returning (the local store). */
+    void (*shutdown)(store_t *st);
     /* Adds or updates session s of user (a new sid ends the user's lingering sessions) and
      * applies the user-level fields; the callback gets the resulting presence. PD_ELIMIT when
      * the user already has PD_SESSIONS_PER_USER_MAX sessions. */
@@ -359,6 +363,10 @@ static inline int store_room_watch(store_t *st, pd_str_t room) {
 }
 static inline void store_room_unwatch(store_t *st, pd_str_t room) {
     st->ops->room_unwatch(st, room);
+}
+static inline void store_shutdown(store_t *st) {
+    if (st && st->ops->shutdown)
+        st->ops->shutdown(st);
 }
 static inline void store_destroy(store_t *st) {
     if (st)

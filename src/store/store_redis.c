@@ -2095,6 +2095,23 @@ static int rd_stats(store_t *base, store_stats_t *s) {
     return -1; /* the totals live in Redis, across every node */
 }
 
+/* Completes every call in flight while its callers still exist: the router fails what is
+ * queued or sent, and reads held for a subscription go on to fail the same way. */
+static void rd_shutdown(store_t *base) {
+    store_redis_t *st = (store_redis_t *)base;
+    wheel_cancel(st->wheel, &st->lease_timer);
+    wheel_cancel(st->wheel, &st->sweep_timer);
+    redis_router_t *router = st->router;
+    st->router = NULL; /* later calls fail with PD_ECLOSED */
+    redis_router_close(router);
+    while (st->gates) {
+        struct gate *g = st->gates;
+        gate_unlink(g);
+        wheel_cancel(st->wheel, &g->timer);
+        g->go(g);
+    }
+}
+
 static void rd_destroy(store_t *base) {
     store_redis_t *st = (store_redis_t *)base;
     st->closing = true;
@@ -2150,6 +2167,7 @@ static const store_ops_t redis_ops = {
     .room_signal = rd_room_signal,
     .room_watch = rd_room_watch,
     .room_unwatch = rd_room_unwatch,
+    .shutdown = rd_shutdown,
     .destroy = rd_destroy,
 };
 

@@ -16,7 +16,7 @@
 //      outage. A Redis still loading its data set (-LOADING) is waited for, not used. A node
 //      cut off from Redis (a proxy that accepts and drops) longer than its lease is swept by
 //      the others and registers everything again once back. A node stopped while Redis is down
-//      should exit cleanly: a todo test, failing on a main.c bug (see there).
+//      exits cleanly: the calls still waiting fail while their callers exist (store_shutdown).
 //  (c) the hash slot of a watched user's keys (and of a room's) moves to another master of a
 //      Redis Cluster (SETSLOT IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE) while subscriptions
 //      are live and the user keeps changing: every change is acknowledged and watchers keep
@@ -511,15 +511,10 @@ describe('a node cut off from Redis for longer than its lease', { timeout: 60000
 });
 
 describe('a node stopped while Redis is down', { timeout: 60000 }, () => {
-    // Known failure outside the store (todo): main.c frees rooms and the engine before the store,
-    // after its shutdown walk closed the store's sockets, so calls still waiting for Redis can
-    // neither complete nor call back; the store frees its own part of them (it used to call
-    // back into the freed engine: a use after free) and LeakSanitizer reports the engine's and
-    // rooms' request records. Fix: let the store fail its calls while engine and rooms exist.
-    test('exits 0 without a sanitizer report, changes still waiting', {
-        ...T,
-        todo: 'main.c: the store outlives the engine and rooms it must call back (see the comment above)',
-    }, async () => {
+    // Calls still waiting for Redis at exit used to be dropped after the engine and rooms were
+    // freed: LeakSanitizer reported their request records (and, before that, a use after
+    // free). main now has the store fail them first (store_shutdown).
+    test('exits 0 without a sanitizer report, changes still waiting', T, async () => {
         const redis = await startRedis();
         let D;
         await withCleanup(async () => {

@@ -596,6 +596,8 @@ describe('ws shutdown edge cases', () => {
         const d = await startDaemon(['--offline-grace', '1']);
         live.push(d);
         const c = await openWs(d);
+        await c.send('{"type":"set_online","device":"web","id":1}');
+        assert.match(await c.next(), /"id":1/); // present: its presence is what the drain keeps
         const t0 = Date.now();
         d.signal('SIGTERM');
         const r = await c.waitClose(5000);
@@ -605,6 +607,17 @@ describe('ws shutdown edge cases', () => {
         const elapsed = (Date.now() - t0) / 1000;
         assert.ok(elapsed >= 0.9, `exited ${elapsed} s after SIGTERM, inside the grace window`);
         assert.match(d.log, /keeping presence for the 1\.0 s grace window/);
+    });
+
+    test('SIGTERM with nobody in a grace window exits at once, whatever --offline-grace', T, async () => {
+        const d = await startDaemon(['--offline-grace', '30']);
+        live.push(d);
+        const c = await openWs(d); // connected, never announced: nothing to keep
+        const t0 = Date.now();
+        d.signal('SIGTERM');
+        assert.equal((await c.waitClose(5000)).code, 1012);
+        await d.waitExit(10000);
+        assert.ok(Date.now() - t0 < 3000, `exited ${Date.now() - t0} ms after SIGTERM`);
     });
 
     test('a client that never answers the 1001 is dropped after --close-timeout; exit 0', T, async () => {

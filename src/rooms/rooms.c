@@ -742,8 +742,11 @@ int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_
     uint64_t now = now_ms(r) * 1000, due = l->last_emit + period;
     if (wheel_timer_armed(&l->timer))
         return 0; /* the period's end sends the latest */
-    if (l->last_emit == 0 || now >= due)
-        emit(l, now);
+    if (l->last_emit == 0 || now >= due + period)
+        emit(l, now); /* a pause: a new schedule starts now */
+    else if (now >= due)
+        emit(l, due); /* a value a little late keeps the schedule, or the next one, on time,
+                       * would look early and wait for a tick */
     else if (now + slack >= due)
         emit(l, due);
     else

@@ -1809,9 +1809,33 @@ static void sweep_one_done(void *arg, const redisReply *r, int err) {
         sweep_step(sw);
 }
 
+/* One entry of a dead node's index: its removal script, then the entry itself (SREM from the
+ * index named by suffix), both counted in sw->left. */
+static void sweep_entry(struct sweep *sw, int script, const char **keys, const size_t *klens,
+                        int nargs, const char **args, const size_t *alens, bool room,
+                        const redisReply *e) {
+    store_redis_t *st = sw->st;
+    struct sweep_one *o = calloc(1, sizeof(*o));
+    if (!o)
+        return;
+    o->sw = sw;
+    o->room = room;
+    sw->left++;
+    if (run(st, script, 2, keys, klens, nargs, args, alens, sweep_one_done, o)) {
+        free(o);
+        sw->left--;
+    }
+    char idx[KEY_MAX];
+    size_t il = nkey(idx, sw->node, room ? ":r" : ":s");
+    const char *a2[] = {"SREM", idx, e->str};
+    size_t l2[] = {4, il, e->len};
+    sw->left++;
+    if (redis_router_call(st->router, idx, il, 3, a2, l2, sweep_entry_done, sw))
+        sw->left--;
+}
+
 static void sweep_sessions(void *arg, const redisReply *r, int err) {
     struct sweep *sw = arg;
-    store_redis_t *st = sw->st;
     if (err || r->type != REDIS_REPLY_ARRAY) {
         free(sw);
         return;
@@ -1823,28 +1847,14 @@ static void sweep_sessions(void *arg, const redisReply *r, int err) {
         if (!nul)
             continue;
         pd_str_t uid = {e->str, (size_t)(nul - e->str)};
-        char p[KEY_MAX], s[KEY_MAX], sess[128], idx[KEY_MAX];
+        char p[KEY_MAX], s[KEY_MAX], sess[128];
         const char *keys[] = {p, s};
         size_t klens[] = {ukey(p, uid, ""), ukey(s, uid, ":s")};
         size_t sl = (size_t)snprintf(sess, sizeof(sess), "%s/%.*s", sw->node,
                                      (int)(e->len - uid.len - 1), nul + 1);
         const char *args[] = {uid.s, sess, "0"};
         size_t alens[] = {uid.len, sl, 1};
-        struct sweep_one *o = calloc(1, sizeof(*o));
-        if (!o)
-            continue;
-        o->sw = sw;
-        sw->left++;
-        if (run(st, S_REMOVE, 2, keys, klens, 3, args, alens, sweep_one_done, o)) {
-            free(o);
-            sw->left--;
-        }
-        size_t il = nkey(idx, sw->node, ":s");
-        const char *a2[] = {"SREM", idx, e->str};
-        size_t l2[] = {4, il, e->len};
-        sw->left++;
-        if (redis_router_call(st->router, idx, il, 3, a2, l2, sweep_entry_done, sw))
-            sw->left--;
+        sweep_entry(sw, S_REMOVE, keys, klens, 3, args, alens, false, e);
     }
     if (--sw->left == 0)
         sweep_step(sw);
@@ -1852,7 +1862,6 @@ static void sweep_sessions(void *arg, const redisReply *r, int err) {
 
 static void sweep_rooms(void *arg, const redisReply *r, int err) {
     struct sweep *sw = arg;
-    store_redis_t *st = sw->st;
     if (err || r->type != REDIS_REPLY_ARRAY) {
         free(sw);
         return;
@@ -1865,7 +1874,7 @@ static void sweep_rooms(void *arg, const redisReply *r, int err) {
         if (!n2)
             continue;
         pd_str_t room = {e->str, (size_t)(n1 - e->str)}, user = {n1 + 1, (size_t)(n2 - n1 - 1)};
-        char h[KEY_MAX], z[KEY_MAX], ck[128], idx[KEY_MAX];
+        char h[KEY_MAX], z[KEY_MAX], ck[128];
         const char *keys[] = {h, z};
         size_t klens[] = {rkey(h, room, ""), rkey(z, room, ":z")};
         size_t ckl = (size_t)snprintf(ck, sizeof(ck), "%s/%.*s", sw->node,
@@ -1874,22 +1883,7 @@ static void sweep_rooms(void *arg, const redisReply *r, int err) {
         size_t alens[] = {room.len, user.len, ckl, 1, 1};
         /* Not leave_done: it would drop the entry from this node's own index, where a
          * connection of the same user with the same sid may be live. */
-        struct sweep_one *o = calloc(1, sizeof(*o));
-        if (!o)
-            continue;
-        o->sw = sw;
-        o->room = true;
-        sw->left++;
-        if (run(st, S_ROOM_LEAVE, 2, keys, klens, 5, args, alens, sweep_one_done, o)) {
-            free(o);
-            sw->left--;
-        }
-        size_t il = nkey(idx, sw->node, ":r");
-        const char *a2[] = {"SREM", idx, e->str};
-        size_t l2[] = {4, il, e->len};
-        sw->left++;
-        if (redis_router_call(st->router, idx, il, 3, a2, l2, sweep_entry_done, sw))
-            sw->left--;
+        sweep_entry(sw, S_ROOM_LEAVE, keys, klens, 5, args, alens, true, e);
     }
     if (--sw->left == 0)
         sweep_step(sw);

@@ -491,6 +491,7 @@ export class PresenceClient {
     _startHeartbeat() {
         clearInterval(this._timers.heartbeat);
         this._hbSentAt = null; // when the oldest heartbeat not followed by any message was sent
+        this._hbLastAt = null; // when the last heartbeat (with an id or not) was sent
         const interval = Math.max(50, this.heartbeatInterval);
         this._timers.heartbeat = setInterval(() => this._heartbeat(), interval);
     }
@@ -498,8 +499,10 @@ export class PresenceClient {
     _heartbeat() {
         const ws = this.ws;
         if (!ws || ws.readyState !== OPEN) return;
-        // Every heartbeat carries an id, so the server answers it: a connection that stays
-        // silent past the TTL is dead (a half-open TCP connection) and is replaced.
+        // A heartbeat carries an id, so that the server answers it, only when nothing arrived
+        // since the previous one: a connection that then stays silent past the TTL is dead (a
+        // half-open TCP connection) and is replaced. The others are the bare form the server
+        // takes on its fast path without answering.
         const ttl = this.heartbeatTtl ?? 3 * this.heartbeatInterval;
         const t = now();
         if (this._hbSentAt !== null && this._lastInbound < this._hbSentAt && t - this._hbSentAt > ttl) {
@@ -509,6 +512,12 @@ export class PresenceClient {
                 /* ignore */
             }
             this._onSocketClosed(4000, 'no answer from the server');
+            return;
+        }
+        const quiet = this._hbLastAt == null || this._lastInbound < this._hbLastAt;
+        this._hbLastAt = t;
+        if (!quiet && this.own.announced) {
+            this._sendRaw({ type: 'heartbeat', device: this.device });
             return;
         }
         if (this._hbSentAt === null || this._lastInbound >= this._hbSentAt) this._hbSentAt = t;

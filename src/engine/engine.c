@@ -59,6 +59,7 @@ struct session {
     unsigned closed : 1;       /* the connection is gone */
     unsigned auto_away : 1;    /* opted in to server-side idle detection */
     unsigned auto_away_on : 1; /* currently away because of it */
+    unsigned stored : 1;       /* the store acknowledged the session (store_session_t.known) */
     unsigned kicked : 1;       /* closed by a backend (engine_kick): no grace window */
 };
 
@@ -355,6 +356,8 @@ static void req_presence_done(void *arg, int err, const pd_presence_t *p) {
     struct req *r = arg;
     session_t *s = r->s;
     s->pending--;
+    if (!err && s->present)
+        s->stored = 1;
     if (r->done)
         r->done(r->arg, err);
     free(r);
@@ -374,7 +377,8 @@ static int push_session(session_t *s, const store_user_fields_t *fields, engine_
     store_session_t ss = {.sid = s->sid,
                           .device = s->device ? s->device->s : "unknown",
                           .device_len = s->device ? s->device->len : 7,
-                          .status = s->claim};
+                          .status = s->claim,
+                          .known = s->stored};
     s->pending++;
     int rc = store_session_upsert(e->store, user_id(s->user), &ss, fields, req_presence_done, r);
     if (rc) {
@@ -496,6 +500,7 @@ static void req_removed(void *arg, int err, bool lingering) {
 }
 
 static int remove_session(session_t *s, int mode, engine_done_cb done, void *arg) {
+    s->stored = 0;
     struct req *r = calloc(1, sizeof(*r));
     if (!r)
         return PD_ENOMEM;
@@ -949,9 +954,11 @@ static void on_resync(void *ctx) {
     engine_t *e = ctx;
     uint64_t n = 0;
     for (hmap_node_t *h = hmap_first(&e->users); h; h = hmap_next(&e->users, h))
-        for (session_t *s = ((struct euser *)h)->sessions; s; s = s->u_next)
+        for (session_t *s = ((struct euser *)h)->sessions; s; s = s->u_next) {
+            s->stored = 0; /* the backend may have lost it: registered as new */
             if (s->present && !s->closed && push_session(s, NULL, NULL, NULL) == 0)
                 n++;
+        }
     PD_INFO(e->log, "engine", "store back: %llu sessions registered again", (unsigned long long)n);
 }
 

@@ -44,6 +44,9 @@ typedef struct store_session {
     const char *device; /* label, 1..PD_DEVICE_MAX bytes */
     size_t device_len;
     uint8_t status; /* the session's claim: PD_ONLINE, PD_AWAY or PD_BUSY */
+    bool known;     /* the store acknowledged this session before (not since a resync): an
+                     * update of its claim, device or fields; a store may skip its
+                     * bookkeeping of new sessions */
 } store_session_t;
 
 /* User-level fields, last writer wins across devices. */

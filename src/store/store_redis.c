@@ -777,8 +777,11 @@ static int rd_session_upsert(store_t *base, pd_str_t user, const store_session_t
     c->cb = cb;
     c->arg = arg;
     /* Indexed before it exists: a crash between the two leaves an entry the sweep ignores,
-     * never a session nobody would sweep. */
-    index_add(st, ":s", entry, session_entry(entry, user, s->sid));
+     * never a session nobody would sweep. A known session is indexed already: a status
+     * change costs the script alone. */
+    size_t elen = session_entry(entry, user, s->sid);
+    if (!s->known)
+        index_add(st, ":s", entry, elen);
     int rc = run(st, S_UPSERT, 2, keys, klens, 6, args, alens, upsert_done, c);
     if (rc) {
         free(c);

@@ -593,6 +593,10 @@ void engine_session_close(session_t *s, int how) {
     maybe_free(s);
 }
 
+bool engine_session_kicked(const session_t *s) {
+    return s->kicked;
+}
+
 uint64_t engine_session_count(const engine_t *e) {
     return *e->n.sessions > 0 ? (uint64_t)*e->n.sessions : 0;
 }

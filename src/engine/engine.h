@@ -81,6 +81,9 @@ void engine_free(engine_t *e);
  * for an orderly shutdown, where no reconnect to this node can come. */
 void engine_flush_lingering(engine_t *e);
 
+/* True when a backend closed the session (engine_kick): it gets no grace window. */
+bool engine_session_kicked(const session_t *s);
+
 /* Sessions not yet ended: open ones, and closed ones in their grace window. */
 uint64_t engine_session_count(const engine_t *e);
 

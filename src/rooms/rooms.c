@@ -787,6 +787,8 @@ void rooms_session_close(rooms_t *r, session_t *s, int how) {
         link_release(l);
         if (how == ENGINE_END_TIMEOUT)
             leave_link(r, l, STORE_REMOVE_NOW, STORE_LEFT_TIMEOUT, NULL, NULL);
+        else if (engine_session_kicked(s)) /* disconnected by a backend: not coming back */
+            leave_link(r, l, STORE_REMOVE_NOW, STORE_LEFT_DISCONNECTED, NULL, NULL);
         else
             leave_link(r, l, STORE_REMOVE_GRACE, STORE_LEFT_DISCONNECTED, NULL, NULL);
         l->pending--;

@@ -905,6 +905,9 @@ describe('privacy settings, disconnect and explain', () => {
             const idle = await openClient(d2, 'kick'); // a connection that never announced itself
             const other = await openUser(d2, 'kick-other', { device: 'web' });
             await w.waitUpdate('kick', (p) => p.devices.length === 2);
+            await joinRoom(other, 'doc:kick');
+            await joinRoom(a, 'doc:kick');
+            await other.waitFor((m) => m.type === 'member_joined' && m.member.user_id === 'kick');
             const t0 = now();
             const r = ok200(await api(d2, 'POST', '/v1/users/kick/disconnect'));
             assert.deepEqual(r, { disconnected: 3 });
@@ -913,9 +916,11 @@ describe('privacy settings, disconnect and explain', () => {
                 assert.equal(ci.code, 4002, `${c.user}: close ${ci.code} ${ci.reason}`);
                 assert.equal(ci.reason, 'disconnected by the server');
             }
-            // Offline at once (room memberships are the rooms module's: they still take the
-            // grace window); the other user is untouched.
+            // Offline at once, and out of its rooms at once too; the other user is untouched.
             const off = await w.waitUpdate('kick', (p) => p.status === 'offline', 3000);
+            const left = await other.waitFor((m) => m.type === 'member_left' && m.user_id === 'kick', 3000);
+            assert.equal(left.reason, 'disconnected');
+            assert.equal(left.count, 1);
             assert.deepEqual(off.devices, []);
             const dt = now() - t0;
             assert.ok(dt < 2000, `offline after ${dt.toFixed(0)} ms: the 10 s grace window was waited out`);

@@ -120,12 +120,14 @@ describe('slow consumer', () => {
         const bystander = await openWs(d, { user: 'bystander2' });
         await bystander.send(PING);
         assert.equal(await bystander.next(2000), PONG);
+        // Closed now: left idle while the slow client drains, it would outlive --heartbeat-ttl
+        // (2 s) and be closed with 4000 on a loaded machine.
+        assert.equal((await bystander.close()).code, 1000);
         slow.resume();
         await expectPolicyClose(slow, { opcode: 1, payload: PONG });
         slow.destroy();
         const m = await scrapeMetrics(d);
         assert.equal(metricValue(m, 'presenced_slow_consumer_closes_total'), before + 1);
-        assert.equal((await bystander.close()).code, 1000);
     });
 
     test('several slow clients at once, each closed, others unaffected', T, async () => {

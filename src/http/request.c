@@ -23,12 +23,8 @@ struct http_reqparser {
     uint32_t nheaders;
     int err_status; /* set by a callback that refused the request */
     bool in_message, headers_done, complete, last_was_value;
-    /* Where the last header value piece ended, to tell a value continued in the next feed
-     * (fine) from an obsolete folded line (refused). */
-    const char *feed_start, *feed_end, *val_end;
-    uint64_t feed_seq, val_seq;
-    bool val_at_feed_end;
-    uint8_t line_state, proto_pos; /* check_request_line */
+    bool continue_due;             /* the head asked for 100 Continue: http_reqparser_take_... */
+    uint8_t line_state, proto_pos; /* check_head_bytes */
     struct hdr_off hdrs[HTTP_HEADERS_MAX];
     http_request_t req;
 };
@@ -74,6 +70,7 @@ static int on_message_begin(http_parser *hp) {
     p->headers_done = false;
     p->complete = false;
     p->last_was_value = false;
+    p->continue_due = false;
     p->head_len = 0;
     p->url_off = p->url_len = 0;
     p->nheaders = 0;
@@ -142,23 +139,8 @@ static int on_header_value(http_parser *hp, const char *at, size_t len) {
         h->value_off = p->head_len;
         p->last_was_value = true;
     }
-    /* A second piece of the same value that does not follow the first directly (in the same
-     * feed, or at the start of the next one after a piece that ended its feed) is a folded
-     * continuation line (obs-fold), which a server may reject (RFC 9112 section 5.2) and
-     * which hides header boundaries from other parsers: refused. */
-    if (p->last_was_value && h->value_len > 0) {
-        bool contiguous =
-            (p->val_seq == p->feed_seq && at == p->val_end) ||
-            (p->val_seq + 1 == p->feed_seq && p->val_at_feed_end && at == p->feed_start);
-        if (!contiguous) {
-            p->err_status = 400;
-            return -1;
-        }
-    }
-    p->val_seq = p->feed_seq;
-    p->val_end = at + len;
-    p->val_at_feed_end = at + len == p->feed_end;
-    /* Field values are visible characters, spaces and tabs (RFC 9110 section 5.5). */
+    /* Folded lines (obs-fold) never get here: check_head_bytes refuses them. Field values are
+     * visible characters, spaces and tabs (RFC 9110 section 5.5). */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)at[i];
         if ((c < 0x20 && c != '\t') || c == 0x7F) {
@@ -172,14 +154,88 @@ static int on_header_value(http_parser *hp, const char *at, size_t len) {
     return 0;
 }
 
+static void trim(const char **s, uint32_t *len) {
+    while (*len && ((*s)[0] == ' ' || (*s)[0] == '\t')) {
+        (*s)++;
+        (*len)--;
+    }
+    while (*len && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
+        (*len)--;
+}
+
+/* Expect (RFC 9110 section 10.1.1): true when every one of its elements is 100-continue
+ * (compared case-insensitively), the only expectation defined; "Expect:" with nothing, or
+ * with anything else, cannot be met. */
+static bool expect_is_continue(const http_header_t *h) {
+    bool any = false;
+    size_t i = 0;
+    while (i < h->value_len) {
+        const char *el = h->value + i;
+        const char *comma = memchr(el, ',', h->value_len - i);
+        uint32_t n = (uint32_t)(comma ? (size_t)(comma - el) : h->value_len - i);
+        i += n + 1;
+        trim(&el, &n);
+        if (n == 0)
+            continue; /* "a, , b": empty list elements are allowed (RFC 9110 section 5.6.1) */
+        if (n != 12 || strncasecmp(el, "100-continue", 12) != 0)
+            return false;
+        any = true;
+    }
+    return any;
+}
+
+/* The head is complete: the request is judged on it before any of its body is read (so a
+ * client told 100 Continue is not refused for its head afterwards). */
 static int on_headers_complete(http_parser *hp) {
     struct http_reqparser *p = from(hp);
     p->headers_done = true;
+    http_request_t *r = &p->req;
+    r->version_major = (uint8_t)hp->http_major;
+    r->version_minor = (uint8_t)hp->http_minor;
+    r->nheaders = p->nheaders;
+    for (uint32_t i = 0; i < p->nheaders; i++) {
+        http_header_t *h = &r->headers[i];
+        h->name = p->head + p->hdrs[i].name_off;
+        h->name_len = p->hdrs[i].name_len;
+        h->value = p->head + p->hdrs[i].value_off;
+        h->value_len = p->hdrs[i].value_len;
+        trim(&h->value, &h->value_len);
+    }
+    /* Only 1.x is spoken here. */
+    if (r->version_major != 1) {
+        p->err_status = 505;
+        return -1;
+    }
+    /* Exactly one Host (RFC 9112 section 3.2): HTTP/1.1 requires it, and two could route one
+     * request two ways. */
+    unsigned hosts = 0;
+    bool expect_continue = false;
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        const http_header_t *h = &r->headers[i];
+        if (h->name_len == 4 && strncasecmp(h->name, "Host", 4) == 0) {
+            hosts++;
+        } else if (h->name_len == 6 && strncasecmp(h->name, "Expect", 6) == 0) {
+            if (!expect_is_continue(h)) {
+                p->err_status = 417;
+                return -1;
+            }
+            expect_continue = true;
+        }
+    }
+    if ((r->version_minor >= 1 && hosts == 0) || hosts > 1) {
+        p->err_status = 400;
+        return -1;
+    }
     /* Refuse from the declared length alone: nothing of an oversized body is buffered. */
     if ((hp->flags & F_CONTENTLENGTH) && hp->content_length > p->lim.body_max) {
         p->err_status = 413;
         return -1;
     }
+    /* The client holds its body back until told to go on; an HTTP/1.0 client cannot have
+     * meant it (RFC 9110 section 10.1.1: ignored), and without a body there is nothing to
+     * wait for. */
+    bool body = (hp->flags & F_CHUNKED) || ((hp->flags & F_CONTENTLENGTH) && hp->content_length);
+    p->continue_due = expect_continue && body && r->version_minor >= 1;
     return 0;
 }
 
@@ -208,21 +264,10 @@ static int on_body(http_parser *hp, const char *at, size_t len) {
     return 0;
 }
 
-static void trim(const char **s, uint32_t *len) {
-    while (*len && ((*s)[0] == ' ' || (*s)[0] == '\t')) {
-        (*s)++;
-        (*len)--;
-    }
-    while (*len && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
-        (*len)--;
-}
-
 static int on_message_complete(http_parser *hp) {
     struct http_reqparser *p = from(hp);
     http_request_t *r = &p->req;
     r->method = (uint8_t)hp->method;
-    r->version_major = (uint8_t)hp->http_major;
-    r->version_minor = (uint8_t)hp->http_minor;
     r->keep_alive = http_should_keep_alive(hp);
     r->upgrade = hp->upgrade;
     r->target = p->head + p->url_off;
@@ -255,19 +300,12 @@ static int on_message_complete(http_parser *hp) {
         r->path = "/";
         r->path_len = 1;
     }
-    r->nheaders = p->nheaders;
-    for (uint32_t i = 0; i < p->nheaders; i++) {
-        http_header_t *h = &r->headers[i];
-        h->name = p->head + p->hdrs[i].name_off;
-        h->name_len = p->hdrs[i].name_len;
-        h->value = p->head + p->hdrs[i].value_off;
-        h->value_len = p->hdrs[i].value_len;
-        trim(&h->value, &h->value_len);
-    }
+    /* version and headers: set by on_headers_complete */
     r->body = p->body_len ? p->body : NULL;
     r->body_len = p->body_len;
     p->complete = true;
     p->in_message = false;
+    p->continue_due = false; /* the body is here: too late for 100 Continue */
     /* Stop after each request so the caller answers pipelined requests one by one. */
     http_parser_pause(hp, 1);
     return 0;
@@ -311,6 +349,12 @@ bool http_reqparser_busy(const http_reqparser_t *p) {
     return p->in_message;
 }
 
+bool http_reqparser_take_continue(http_reqparser_t *p) {
+    bool due = p->continue_due;
+    p->continue_due = false;
+    return due;
+}
+
 static int status_for(enum http_errno e) {
     switch (e) {
     case HPE_HEADER_OVERFLOW:
@@ -323,25 +367,42 @@ static int status_for(enum http_errno e) {
     }
 }
 
-/* The protocol name of a request line is exactly "HTTP" (RFC 9112 section 2.3); the lenient
- * http_parser Debian ships lets "HTTQ/1.1" through, so the bytes it consumed are followed
- * here up to the name. Returns false on a wrong name. */
-enum { LINE_START, LINE_METHOD, LINE_TARGET, LINE_PROTO, LINE_DONE };
+/* Checks, over the raw bytes http_parser consumed, what the lenient http_parser Debian ships
+ * lets through:
+ * - the protocol name of the request line is exactly "HTTP" (RFC 9112 section 2.3; it takes
+ *   "HTTQ/1.1");
+ * - no line of the head starts with a space or a tab: an obsolete folded line (obs-fold,
+ *   RFC 9112 section 5.2), which http_parser joins to the header above, also when that
+ *   header's own line is empty ("Content-Length:" CRLF " 5"). A proxy that forwards folds
+ *   reads other header boundaries than ours: a request-smuggling primitive. A line starting
+ *   with a blank right after the request line is refused too (section 2.2).
+ * It stops at the empty line that ends the head, so a body is never scanned. Returns false
+ * on a violation. Cost: one memchr per line. */
+enum {
+    LINE_START,  /* CRLFs between requests */
+    LINE_METHOD, /* the request line, up to the space after the method */
+    LINE_TARGET, /* the target, up to the space before the protocol */
+    LINE_PROTO,  /* "HTTP/", proto_pos bytes of it seen */
+    HEAD_LINE,   /* the rest of a line of the head */
+    HEAD_LF,     /* just past a line's LF */
+    HEAD_LF_CR,  /* just past a line's LF and a CR */
+    HEAD_DONE    /* past the empty line */
+};
 
-static bool check_request_line(struct http_reqparser *p, const char *data, size_t n) {
+static bool check_head_bytes(struct http_reqparser *p, const char *data, size_t n) {
     static const char name[] = "HTTP/";
-    for (size_t i = 0; i < n && p->line_state != LINE_DONE; i++) {
+    for (size_t i = 0; i < n && p->line_state != HEAD_DONE; i++) {
         char c = data[i];
         switch (p->line_state) {
-        case LINE_START: /* CRLFs between requests */
+        case LINE_START:
             if (c != '\r' && c != '\n')
                 p->line_state = LINE_METHOD;
             break;
         case LINE_METHOD:
         case LINE_TARGET:
-            if (c == '\r' || c == '\n')
-                p->line_state = LINE_DONE; /* no protocol: http_parser refuses it */
-            else if (c == ' ') {
+            if (c == '\n') {
+                p->line_state = HEAD_LF; /* no protocol (HTTP/0.9): answered 505 */
+            } else if (c == ' ') {
                 p->line_state++;
                 p->proto_pos = 0;
             }
@@ -350,7 +411,23 @@ static bool check_request_line(struct http_reqparser *p, const char *data, size_
             if (c != name[p->proto_pos])
                 return false;
             if (++p->proto_pos == sizeof(name) - 1)
-                p->line_state = LINE_DONE;
+                p->line_state = HEAD_LINE;
+            break;
+        case HEAD_LINE: {
+            const char *lf = memchr(data + i, '\n', n - i);
+            if (!lf)
+                return true;
+            i = (size_t)(lf - data);
+            p->line_state = HEAD_LF;
+            break;
+        }
+        case HEAD_LF:
+            if (c == ' ' || c == '\t')
+                return false;
+            p->line_state = c == '\r' ? HEAD_LF_CR : c == '\n' ? HEAD_DONE : HEAD_LINE;
+            break;
+        case HEAD_LF_CR:
+            p->line_state = c == '\n' ? HEAD_DONE : HEAD_LINE;
             break;
         }
     }
@@ -383,38 +460,24 @@ size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
         if (chunk > room)
             chunk = room;
     }
-    p->feed_seq++;
-    p->feed_start = data;
-    p->feed_end = data + chunk;
     size_t n = http_parser_execute(&p->parser, &settings, data, chunk);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->parser);
 
-    if (e != HPE_OK && e != HPE_PAUSED) {
-        *status = p->err_status ? p->err_status : status_for(e);
+    /* First, so that a fold is refused as such whatever http_parser made of it. */
+    if (!check_head_bytes(p, data, n)) {
+        p->continue_due = false;
+        *status = 400;
         return n;
     }
-    if (!check_request_line(p, data, n)) {
-        *status = 400;
+    if (e != HPE_OK && e != HPE_PAUSED) {
+        p->continue_due = false;
+        *status = p->err_status ? p->err_status : status_for(e);
         return n;
     }
     if (p->complete) {
         p->head_raw = 0;
         p->line_state = LINE_START; /* http_parser paused at the end of this request */
-        const http_request_t *r = &p->req;
-        /* HTTP/1.1 requires Host (RFC 9112 section 3.2); only 1.x is spoken here. */
-        if (r->version_major != 1) {
-            *status = 505;
-            return n;
-        }
-        /* Exactly one Host (RFC 9112 section 3.2): two could route one request two ways. */
-        unsigned hosts = 0;
-        for (uint32_t i = 0; i < r->nheaders; i++)
-            hosts += r->headers[i].name_len == 4 && strncasecmp(r->headers[i].name, "Host", 4) == 0;
-        if ((r->version_minor >= 1 && hosts == 0) || hosts > 1) {
-            *status = 400;
-            return n;
-        }
-        *out = r;
+        *out = &p->req;
         return n;
     }
     if (p->in_message && !p->headers_done) {
@@ -523,6 +586,8 @@ int http_query_get(const char *query, size_t query_len, const char *key, char *o
 
 const char *http_status_reason(int status) {
     switch (status) {
+    case 100:
+        return "Continue";
     case 101:
         return "Switching Protocols";
     case 200:
@@ -557,6 +622,8 @@ const char *http_status_reason(int status) {
         return "URI Too Long";
     case 415:
         return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
     case 422:
         return "Unprocessable Content";
     case 426:

@@ -4,6 +4,8 @@
  * complete request at a time, so pipelined requests are answered in order. Limits are checked
  * as bytes arrive, before anything is buffered past them: request line + headers (431),
  * request target (414), header count (431), body (413, refused from Content-Length alone).
+ * Stricter than http_parser alone: no folded header lines (obs-fold), exactly one Host,
+ * field names that are tokens, the protocol name exactly "HTTP".
  *
  * Cost: the parser state is allocated only while a request is in flight (a connection that
  * sits idle between keep-alive requests holds none); head bytes are copied once into a
@@ -59,10 +61,22 @@ void http_reqparser_free(http_reqparser_t *p);
 /* Feeds data[0..len). Returns the bytes consumed; call again with the rest while any remain.
  * When a request completes, *out points to it (valid until the next call) and the return value
  * stops at its end. When the request is bad, *status is the HTTP status to answer before
- * closing (400, 413, 414, 431, 505) and the parser must not be fed again. After an upgrade
- * request, the bytes past the returned count belong to the new protocol. */
+ * closing and the parser must not be fed again: 400 (malformed, including any folded header
+ * line and a missing or repeated Host), 413, 414, 417 (an Expect other than 100-continue),
+ * 431, 505 (a version other than 1.x). The head is judged as soon as it is complete, before
+ * any body is read. After an upgrade request, the bytes past the returned count belong to the
+ * new protocol. */
 size_t http_reqparser_feed(http_reqparser_t *p, const char *data, size_t len,
                            const http_request_t **out, int *status);
+
+/* True, once, when the head of the request in progress asked for "Expect: 100-continue", was
+ * accepted, announced a body (HTTP/1.1 only) and the body has not all arrived yet: the caller
+ * then writes "HTTP/1.1 100 Continue" before the final answer (RFC 9110 section 10.1.1).
+ * False again after the call, and never in the call of feed that completes the request (the
+ * body is there: the interim answer is omitted, as the RFC allows) or refuses it. */
+bool http_reqparser_take_continue(http_reqparser_t *p);
+
+#define HTTP_CONTINUE_RESPONSE "HTTP/1.1 100 Continue\r\n\r\n"
 
 /* True when part of a request has been received but not all of it. */
 bool http_reqparser_busy(const http_reqparser_t *p);

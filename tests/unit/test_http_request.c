@@ -89,6 +89,13 @@ static void run_parser(void *ctx, const uint8_t *in, size_t len, const size_t *e
             size_t used = http_reqparser_feed(p, data + off, chunk - off, &r, &status);
             assert_true(used <= chunk - off);
             off += used;
+            /* 100 Continue is never due with an answer: where the body splits decides whether
+             * it is due at all, so the transcript does not say (test_expect_continue does). */
+            if (http_reqparser_take_continue(p)) {
+                assert_int_equal(status, 0);
+                assert_null(r);
+                assert_false(http_reqparser_take_continue(p)); /* once */
+            }
             if (status) {
                 assert_null(r);
                 tu_str_printf(out, "status %d\n", status);
@@ -547,6 +554,188 @@ static void test_cl_and_te(void **state) {
                  "status 400\n");
 }
 
+/* Folded header lines (obs-fold): every one is refused, whatever its first line holds. An
+ * empty first line used to pass ("Content-Length:" CRLF " 5" was read as Content-Length: 5),
+ * while a proxy that forwards folds sees an empty Content-Length: request smuggling. */
+static void test_obs_fold(void **state) {
+    (void)state;
+    static const char *bad[] = {
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n\tb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A:\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A:\r\n\tb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A: \t\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A:\r\n \r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A:\n b\n\n",
+        "GET / HTTP/1.1\r\nHost:\r\n h\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A:\r\n b\r\n c\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n 5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\t5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n 0\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\n chunked\r\n\r\n0\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade:\r\n websocket\r\nConnection: Upgrade\r\n\r\n",
+        /* A blank-led line right after the request line (RFC 9112 section 2.2). */
+        "GET / HTTP/1.1\r\n Host: h\r\n\r\n",
+        "GET / HTTP/1.1\r\n\tHost: h\r\n\r\n",
+        /* The second request of a pipeline is held to it too. */
+        "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nX:\r\n y\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct http_ctx c = {NULL};
+        char *got = tu_every_split(run_parser, &c, bad[i], strlen(bad[i]));
+        const char *tail = strstr(got, "status ");
+        if (!tail || strcmp(tail, "status 400\n") != 0)
+            fail_msg("request %zu: %s", i, got);
+        free(got);
+    }
+    /* Folds over the small limits too (refused 400, or over the limit first). */
+    http_limits_t lim;
+    http_limits_default(&lim);
+    lim.body_max = 2;
+    static const char folded_cl[] =
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n 5\r\n\r\nhello";
+    expect_parse_lim(folded_cl, sizeof(folded_cl) - 1, &lim, "status 400\n");
+    /* What looks like a fold in a body, a chunk or a chunked body's trailers is not one. */
+    expect_parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\na\r\n b",
+                 "POST / HTTP/1.1 keep-alive\n"
+                 "  path /\n"
+                 "  Host: \"h\"\n"
+                 "  Content-Length: \"5\"\n"
+                 "  body \"a\\x0d\\x0a b\"\n"
+                 "busy 0\n");
+    expect_parse("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "3\r\n\n \n\r\n0\r\n\r\n",
+                 "POST / HTTP/1.1 keep-alive\n"
+                 "  path /\n"
+                 "  Host: \"h\"\n"
+                 "  Transfer-Encoding: \"chunked\"\n"
+                 "  body \"\\x0a \\x0a\"\n"
+                 "busy 0\n");
+    /* Blank lines before a request are not folds; a value with inner blanks is not either. */
+    expect_parse("\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nX: a \t b\r\n\r\n",
+                 "GET / HTTP/1.1 keep-alive\n"
+                 "  path /\n"
+                 "  Host: \"h\"\n"
+                 "  X: \"a \\x09 b\"\n"
+                 "busy 0\n");
+}
+
+/* Expect (RFC 9110 section 10.1.1): 100-continue is answered with an interim 100 before the
+ * body when the head is acceptable; any other expectation is refused 417. */
+static void test_expect(void **state) {
+    (void)state;
+    static const char *failed[] = {
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 101-continue\r\nContent-Length: 1\r\n\r\nx",
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue, x\r\nContent-Length: 1\r\n\r\nx",
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nExpect: 1\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continuee\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect:\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: ,\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nexpect: 100-continue;q=1\r\n\r\n",
+        "GET / HTTP/1.0\r\nExpect: something\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(failed) / sizeof(failed[0]); i++) {
+        struct http_ctx c = {NULL};
+        char *got = tu_every_split(run_parser, &c, failed[i], strlen(failed[i]));
+        if (strcmp(got, "status 417\n") != 0)
+            fail_msg("request %zu: %s", i, got);
+        free(got);
+    }
+    /* Accepted, in any case and list form; GET without a body: nothing to continue. */
+    expect_parse("GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\n\r\n",
+                 "GET / HTTP/1.1 keep-alive\n"
+                 "  path /\n"
+                 "  Host: \"h\"\n"
+                 "  Expect: \"100-Continue\"\n"
+                 "busy 0\n");
+    expect_parse("POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue , 100-CONTINUE\r\n"
+                 "Content-Length: 2\r\n\r\nab",
+                 "POST / HTTP/1.1 keep-alive\n"
+                 "  path /\n"
+                 "  Host: \"h\"\n"
+                 "  Expect: \"100-continue , 100-CONTINUE\"\n"
+                 "  Content-Length: \"2\"\n"
+                 "  body \"ab\"\n"
+                 "busy 0\n");
+
+    /* When the interim answer is due: the head first, the body after it. */
+    static const struct {
+        const char *head;
+        bool due;
+        int status; /* of the head alone */
+    } cases[] = {
+        {"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", true,
+         0},
+        {"POST / HTTP/1.1\r\nHost: h\r\nexpect:  100-CONTINUE \r\nTransfer-Encoding: chunked"
+         "\r\n\r\n",
+         true, 0},
+        /* no Expect */
+        {"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n", false, 0},
+        /* HTTP/1.0: the expectation is ignored (RFC 9110 section 10.1.1) */
+        {"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", false, 0},
+        /* a head refused is answered, never continued */
+        {"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", false, 400},
+        {"POST / HTTP/1.1\r\nHost: h\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3"
+         "\r\n\r\n",
+         false, 400},
+        {"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n\r\n",
+         false, 413},
+        {"POST / HTTP/2.0\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", false,
+         505},
+        {"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nX:\r\n y\r\nContent-Length: 3"
+         "\r\n\r\n",
+         false, 400},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        http_reqparser_t *p = http_reqparser_new(NULL);
+        const http_request_t *r;
+        int status;
+        size_t hl = strlen(cases[i].head);
+        size_t used = http_reqparser_feed(p, cases[i].head, hl, &r, &status);
+        assert_null(r);
+        if (status != cases[i].status)
+            fail_msg("case %zu: status %d", i, status);
+        if (http_reqparser_take_continue(p) != cases[i].due)
+            fail_msg("case %zu: continue %s", i, cases[i].due ? "not due" : "due");
+        assert_false(http_reqparser_take_continue(p));
+        if (status == 0) {
+            assert_int_equal(used, hl);
+            const char *body = strstr(cases[i].head, "chunked") ? "3\r\nabc\r\n0\r\n\r\n" : "abc";
+            assert_int_equal(http_reqparser_feed(p, body, strlen(body), &r, &status), strlen(body));
+            assert_int_equal(status, 0);
+            assert_non_null(r);
+            assert_int_equal(r->body_len, 3);
+            assert_false(http_reqparser_take_continue(p));
+        }
+        http_reqparser_free(p);
+    }
+    http_reqparser_t *p = http_reqparser_new(NULL);
+    const http_request_t *r;
+    int status;
+    /* No body announced: complete with its head, nothing to continue. */
+    static const char empty[] =
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n";
+    http_reqparser_feed(p, empty, sizeof(empty) - 1, &r, &status);
+    assert_non_null(r);
+    assert_false(http_reqparser_take_continue(p));
+    /* Head and body in one read: the body is here, the interim answer is left out. */
+    static const char whole[] =
+        "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc";
+    http_reqparser_feed(p, whole, sizeof(whole) - 1, &r, &status);
+    assert_non_null(r);
+    assert_false(http_reqparser_take_continue(p));
+    /* A keep-alive request after it asks again, and is told again. */
+    static const char again[] =
+        "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
+    assert_int_equal(http_reqparser_feed(p, again, sizeof(again) - 1, &r, &status),
+                     sizeof(again) - 1);
+    assert_null(r);
+    assert_true(http_reqparser_take_continue(p));
+    http_reqparser_free(p);
+}
+
 static void test_target_split(void **state) {
     (void)state;
     static const struct {
@@ -780,8 +969,10 @@ static void test_status_reason(void **state) {
     assert_string_equal(http_status_reason(505), "HTTP Version Not Supported");
     assert_string_equal(http_status_reason(299), "Unknown");
     /* Every status the parser can answer with has a phrase. */
-    int statuses[] = {400, 413, 414, 431, 505};
-    for (size_t i = 0; i < 5; i++)
+    assert_string_equal(http_status_reason(100), "Continue");
+    assert_string_equal(http_status_reason(417), "Expectation Failed");
+    int statuses[] = {400, 413, 414, 417, 431, 505};
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
         assert_string_not_equal(http_status_reason(statuses[i]), "Unknown");
 }
 
@@ -801,6 +992,8 @@ int main(void) {
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_host_and_version),
         cmocka_unit_test(test_cl_and_te),
+        cmocka_unit_test(test_obs_fold),
+        cmocka_unit_test(test_expect),
         cmocka_unit_test(test_target_split),
         cmocka_unit_test(test_header_values),
         cmocka_unit_test(test_zero_length_feed),

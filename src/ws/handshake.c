@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <string.h>
+#include <strings.h>
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -32,6 +33,15 @@ static bool key_valid(const char *k, size_t len) {
     return (b64val(k[21]) & 0x0F) == 0;
 }
 
+/* True when req carries the header name more than once. */
+static bool header_repeated(const http_request_t *req, const char *name) {
+    size_t nl = strlen(name);
+    unsigned seen = 0;
+    for (uint32_t i = 0; i < req->nheaders && seen < 2; i++)
+        seen += req->headers[i].name_len == nl && strncasecmp(req->headers[i].name, name, nl) == 0;
+    return seen > 1;
+}
+
 int ws_handshake_check(const http_request_t *req, const ws_origin_list_t *origins,
                        const char **why) {
     if (req->method != HTTP_GET) {
@@ -51,6 +61,16 @@ int ws_handshake_check(const http_request_t *req, const ws_origin_list_t *origin
     if (!conn || !http_header_has_token(conn->value, conn->value_len, "upgrade")) {
         *why = "Connection header lacks the upgrade token";
         return 400;
+    }
+    /* One of each (RFC 6455 section 4.1 sends each once; RFC 6454 section 7.3 one Origin).
+     * Two are ambiguous: a proxy in front may check the one we ignore, and which key the
+     * Accept answers, or which Origin was let in, would depend on the reader. */
+    static const char *const once[] = {"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Origin"};
+    for (size_t i = 0; i < sizeof(once) / sizeof(once[0]); i++) {
+        if (header_repeated(req, once[i])) {
+            *why = "a header that must appear once is repeated";
+            return 400;
+        }
     }
     const http_header_t *ver = http_request_header(req, "Sec-WebSocket-Version");
     if (!ver || ver->value_len != 2 || memcmp(ver->value, "13", 2) != 0) {

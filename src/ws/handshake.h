@@ -18,7 +18,8 @@ typedef struct ws_origin_list {
 /* Checks that req is a valid opening handshake (section 4.2.1). Returns 0 when it is, or the
  * HTTP status to refuse it with: 405 (not GET), 426 (no websocket upgrade asked, or a version
  * other than 13: answer with Sec-WebSocket-Version: 13), 400 (malformed: Connection without
- * the upgrade token, bad or missing key, body present, HTTP/1.0), 403 (Origin not allowed).
+ * the upgrade token, bad or missing key, body present, HTTP/1.0, Sec-WebSocket-Key,
+ * Sec-WebSocket-Version or Origin given more than once), 403 (Origin not allowed).
  * *why is set to a short static description for the log. Tokens in Connection and Upgrade are
  * matched as whole, case-insensitive tokens. A request without Origin (a non-browser client)
  * passes the Origin check: only browsers send it, and only browsers need it checked. */

@@ -284,6 +284,49 @@ static void test_origin(void **state) {
     assert_int_equal(check(h, &list, &why), 400);
 }
 
+/* Sec-WebSocket-Key, Sec-WebSocket-Version and Origin are each sent once: a second one, with
+ * the same value or another, in any letter case, is a malformed handshake (400), whatever the
+ * Origin policy; before the fix, the first was used and the second ignored. */
+static void test_repeated_headers(void **state) {
+    (void)state;
+    static const char *const allowed[] = {"https://app.example"};
+    ws_origin_list_t list = {allowed, 1}, any = {NULL, 0};
+    const ws_origin_list_t *policies[] = {NULL, &any, &list};
+    static const char *const extras[] = {
+        "Sec-WebSocket-Key: " RFC_KEY "\r\n", "sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+        "Sec-WebSocket-Version: 13\r\n",      "SEC-WEBSOCKET-VERSION: 8\r\n",
+        "Origin: https://app.example\r\n",    "origin: https://evil.example\r\n",
+    };
+    for (size_t p = 0; p < sizeof(policies) / sizeof(policies[0]); p++) {
+        for (size_t i = 0; i < sizeof(extras) / sizeof(extras[0]); i++) {
+            struct hs h = valid();
+            h.origin = "https://app.example";
+            h.extra = extras[i];
+            const char *why;
+            int rc = check(h, policies[p], &why);
+            if (rc != 400)
+                fail_msg("policy %zu, extra %zu: %d", p, i, rc);
+        }
+    }
+    /* Three of one kind; and a repeated key beside a bad version is still a 400. */
+    struct hs h = valid();
+    h.extra = "Sec-WebSocket-Key: " RFC_KEY "\r\nSec-WebSocket-Key: " RFC_KEY "\r\n";
+    assert_int_equal(check_simple(h), 400);
+    h = valid();
+    h.ws_version = "8";
+    h.extra = "Sec-WebSocket-Version: 13\r\n";
+    assert_int_equal(check_simple(h), 400);
+    /* Other repeated headers are fine: list headers may come as several lines. */
+    h = valid();
+    h.extra = "Connection: keep-alive\r\nUpgrade: h2c\r\nX-Other: 1\r\nX-Other: 2\r\n";
+    assert_int_equal(check_simple(h), 0);
+    /* One Origin, given among the extra lines: fine. */
+    h = valid();
+    h.extra = "Origin: https://app.example\r\n";
+    const char *why;
+    assert_int_equal(check(h, &list, &why), 0);
+}
+
 static void test_accept_key(void **state) {
     (void)state;
     char out[WS_ACCEPT_LEN + 1];
@@ -339,6 +382,7 @@ int main(void) {
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_http_version_and_body),
         cmocka_unit_test(test_origin),
+        cmocka_unit_test(test_repeated_headers),
         cmocka_unit_test(test_accept_key),
         cmocka_unit_test(test_upgrade_request_fields),
     };

@@ -14,10 +14,18 @@
 #define CLOSE_TOKEN_EXPIRED 4001
 #define AUTH_LOG_PER_SEC    10 /* refused upgrades logged per second; the rest only counted */
 
+/* Requests of one connection waiting for the store: at DISPATCH_INFLIGHT_MAX the connection is
+ * not read further until answers bring it back to DISPATCH_INFLIGHT_RESUME. A client that
+ * pipelines faster than the store answers is slowed by TCP, never by a fault: every request
+ * read is answered, and memory held per connection stays bounded. */
+#define DISPATCH_INFLIGHT_MAX    64
+#define DISPATCH_INFLIGHT_RESUME 32
+
 struct dispatch_counters {
     uint64_t *in[PROTO_TYPE_COUNT];
     uint64_t *errors[PROTO_E_COUNT];
     uint64_t *token_expiries;
+    uint64_t *inflight_holds;
 };
 
 struct dispatch {
@@ -42,8 +50,9 @@ struct dconn {
     double exp;           /* epoch seconds; 0 without a token */
     char **channels;      /* the token's channels patterns; NULL: any channel */
     uint32_t nchannels;
-    uint32_t replies; /* answers owed (struct reply) still waiting for their callback */
+    uint32_t replies; /* answers owed (struct reply), at most DISPATCH_INFLIGHT_MAX + 1 */
     bool gone;        /* the connection closed: c is freed; this lives on for the replies */
+    bool held;        /* reading stopped until replies fall to DISPATCH_INFLIGHT_RESUME */
 };
 
 /* An answer owed to a request whose engine call may complete later. */
@@ -123,7 +132,11 @@ static struct reply *reply_new(dispatch_t *d, struct dconn *dc, const proto_msg_
     if (r) {
         r->d = d;
         r->dc = dc;
-        dc->replies++;
+        if (++dc->replies >= DISPATCH_INFLIGHT_MAX && !dc->held) {
+            dc->held = true;
+            (*d->n.inflight_holds)++;
+            conn_hold_input(dc->c, true);
+        }
         r->c = dc->c;
         r->id = m->id;
         r->type = m->type;
@@ -148,8 +161,14 @@ static void reply_free(struct reply *r) {
         return;
     struct dconn *dc = r->dc;
     free(r);
-    if (--dc->replies == 0 && dc->gone)
-        dconn_free(dc);
+    --dc->replies;
+    if (dc->gone) {
+        if (dc->replies == 0)
+            dconn_free(dc);
+    } else if (dc->held && dc->replies <= DISPATCH_INFLIGHT_RESUME) {
+        dc->held = false;
+        conn_hold_input(dc->c, false);
+    }
 }
 
 /* True when nobody is there to answer: the reply is freed. */
@@ -714,6 +733,14 @@ dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t
                 : NULL;
     if (!d->n.token_expiries)
         d->n.token_expiries = &dummy_counter;
+    d->n.inflight_holds =
+        metrics ? pd_metrics_counter(metrics, "presenced_inflight_holds_total",
+                                     "Times a connection was not read further because it had "
+                                     "as many requests waiting for the store as allowed",
+                                     NULL, NULL)
+                : NULL;
+    if (!d->n.inflight_holds)
+        d->n.inflight_holds = &dummy_counter;
     return d;
 }
 

@@ -8,6 +8,7 @@
  */
 #include "engine/engine.h"
 
+#include <sodium.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,12 @@ struct euser {
     hmap_node_t node;
     session_t *sessions;  /* this node's sessions of the user */
     struct sub *watchers; /* this node's sessions watching the user */
+    pd_obuf_t *held;      /* the latest change, held while checks > 0 */
+    uint64_t held_version;
     uint32_t nwatchers;
-    uint32_t mark; /* request epoch, to drop duplicate ids in one request */
+    uint32_t mark;        /* request epoch, to drop duplicate ids in one request */
+    uint32_t checks;      /* privacy decisions about watchers still in the store: holds */
+    uint32_t privacy_gen; /* privacy changes of the user announced so far */
     uint16_t id_len;
     char id[];
 };
@@ -35,8 +40,13 @@ struct sub {
     struct sub *t_next, *t_prev; /* in target->watchers */
     struct sub *w_next, *w_prev; /* in watcher->subs */
     void *slot;                  /* the watcher's queued, unsent update of target */
-    uint8_t visible;             /* the privacy rule lets the watcher see target */
-    uint8_t owed;                /* visible again: the current presence is to be sent */
+    uint32_t gen;                /* target->privacy_gen when the subscription was asked for */
+    uint8_t visible : 1;         /* the privacy rule lets the watcher see target */
+    uint8_t owed : 1;            /* visible again: the current presence is to be sent */
+    uint8_t checking : 1;        /* new: the store has not said yet whether it is visible */
+    uint8_t shown : 1;           /* the watcher was shown a presence of target */
+    uint8_t fresh : 1;           /* was sent a presence at least as new as target->held */
+    uint8_t mark : 1, stale : 1; /* scratch flags of one subscribe answer */
 };
 
 struct session {
@@ -51,7 +61,7 @@ struct session {
     uint64_t sid;
     uint64_t last_activity; /* ms: last sign of the user (for server-side idle) */
     uint32_t nsubs;
-    uint16_t pending;          /* store calls in flight */
+    uint32_t pending;          /* store calls in flight (bounded per connection by dispatch) */
     uint8_t claim;             /* PD_ONLINE / PD_AWAY / PD_BUSY while present */
     unsigned present : 1;      /* registered in the store */
     unsigned withdrawn : 1;    /* set_offline: heartbeats do not bring it back */
@@ -81,7 +91,6 @@ struct engine {
     hmap_t users;
     hmap_t subs;
     istr_table_t labels;
-    uint64_t next_sid;
     uint32_t epoch;
     wheel_timer_t checkpoint; /* live users' last_seen to the store (store_ops.seen) */
     struct engine_counters n;
@@ -94,8 +103,12 @@ struct req {
     engine_presences_cb pdone;
     engine_privacy_cb privdone;
     void *arg;
-    bool subscribing; /* a snapshot for subscribe: hidden users' edges are marked */
+    bool subscribing; /* a snapshot for subscribe: new edges are decided by its answer */
+    pd_str_t *ids;    /* subscribing: the ids asked for (copies, in one allocation) */
+    size_t nids;
 };
+
+static void recheck_one(engine_t *e, session_t *w, struct euser *t);
 
 static uint64_t dummy_counter;
 static int64_t dummy_gauge;
@@ -143,10 +156,59 @@ static pd_str_t user_id(const struct euser *u) {
 }
 
 static void maybe_free_user(engine_t *e, struct euser *u) {
-    if (u->sessions || u->watchers)
+    if (u->sessions || u->watchers || u->checks)
         return;
     hmap_remove(&e->users, &u->node);
+    pd_obuf_release(u->held);
     free(u);
+}
+
+/* --- Holds ---
+ * While the store decides a privacy question about some watchers of u (a re-check after u's
+ * settings changed, a new subscription's first answer, the fetch of a presence owed), a change
+ * of u that arrives may be one the new answer hides: on a remote store the announcement can
+ * come before the answer. So u's deliveries are held: the latest change waits, encoded once,
+ * and goes to the watchers allowed to see it when the last decision is in. Privacy then holds
+ * at every instant; the cost is one store round trip of delay, only around such decisions. */
+
+/* Queues frame for the watcher of s; the watcher has now been shown target. */
+static void deliver(engine_t *e, struct sub *s, pd_obuf_t *frame) {
+    int rc = e->ops.send_coalesced(s->watcher->client, frame, &s->slot);
+    if (rc == 1)
+        (*e->n.coalesced)++;
+    else if (rc == 0)
+        (*e->n.deliveries)++;
+    if (rc >= 0)
+        s->shown = 1;
+}
+
+static void hold_begin(struct euser *u) {
+    u->checks++;
+}
+
+/* Keeps frame (a new reference) as u's latest held change. */
+static void hold_frame(struct euser *u, pd_obuf_t *frame, uint64_t version) {
+    pd_obuf_retain(frame); /* announcements come in order: the last one is the latest */
+    pd_obuf_release(u->held);
+    u->held = frame;
+    u->held_version = version;
+    for (struct sub *s = u->watchers; s; s = s->t_next)
+        s->fresh = 0; /* nobody has seen this one yet */
+}
+
+/* One decision is in; the last one sends what was held. May free u. */
+static void hold_end(engine_t *e, struct euser *u) {
+    if (--u->checks > 0)
+        return;
+    pd_obuf_t *frame = u->held;
+    u->held = NULL;
+    for (struct sub *s = u->watchers; frame && s; s = s->t_next) {
+        if (s->watcher->client && s->visible && !s->fresh)
+            deliver(e, s, frame);
+        s->fresh = 0;
+    }
+    pd_obuf_release(frame);
+    maybe_free_user(e, u);
 }
 
 /* --- Subscriptions --- */
@@ -178,7 +240,10 @@ static struct sub *add_sub(engine_t *e, session_t *w, struct euser *t) {
     }
     s->target = t;
     s->watcher = w;
-    s->visible = 1;
+    /* Hidden until the store's answer says otherwise (req_presences_done). */
+    s->checking = 1;
+    s->gen = t->privacy_gen;
+    hold_begin(t);
     s->t_next = t->watchers;
     if (t->watchers)
         t->watchers->t_prev = s;
@@ -215,11 +280,14 @@ static void remove_sub(engine_t *e, struct sub *s) {
     w->nsubs--;
     t->nwatchers--;
     (*e->n.subscriptions)--;
+    bool checking = s->checking;
     free(s);
-    if (t->nwatchers == 0) {
+    if (t->nwatchers == 0)
         store_unwatch(e->store, user_id(t));
+    if (checking)
+        hold_end(e, t); /* may free t */
+    else
         maybe_free_user(e, t);
-    }
 }
 
 /* --- Fan-out --- */
@@ -244,14 +312,13 @@ static void on_presence_changed(void *ctx, const pd_presence_t *p) {
     pd_obuf_t *frame = e->codec.presence_update(p);
     if (!frame)
         return;
-    for (struct sub *s = u->watchers; s; s = s->t_next) {
-        if (!s->watcher->client || !s->visible)
-            continue; /* the privacy rule: decided per watcher when settings change */
-        int rc = e->ops.send_coalesced(s->watcher->client, frame, &s->slot);
-        if (rc == 1)
-            (*e->n.coalesced)++;
-        else if (rc == 0)
-            (*e->n.deliveries)++;
+    if (u->checks) {
+        hold_frame(u, frame, p->version);
+    } else {
+        for (struct sub *s = u->watchers; s; s = s->t_next) {
+            if (s->watcher->client && s->visible) /* the privacy rule, decided per watcher */
+                deliver(e, s, frame);
+        }
     }
     pd_obuf_release(frame);
 }
@@ -259,6 +326,22 @@ static void on_presence_changed(void *ctx, const pd_presence_t *p) {
 /* --- Sessions --- */
 
 static void session_timer(wheel_timer_t *t, uint64_t now);
+
+/* Session ids are random (a counter would tell anyone the node's connection rate), below 2^53
+ * so that JavaScript reads them exactly, and distinct among the user's sessions here, which is
+ * where the store keys them. */
+static uint64_t new_sid(const struct euser *u) {
+    for (;;) {
+        uint64_t sid;
+        randombytes_buf(&sid, sizeof(sid));
+        sid &= (UINT64_C(1) << 53) - 1;
+        bool taken = sid == 0;
+        for (const session_t *t = u->sessions; t && !taken; t = t->u_next)
+            taken = t->sid == sid;
+        if (!taken)
+            return sid;
+    }
+}
 
 session_t *engine_session_open(engine_t *e, void *client, pd_str_t user) {
     struct euser *u = get_user(e, user);
@@ -272,7 +355,7 @@ session_t *engine_session_open(engine_t *e, void *client, pd_str_t user) {
     s->e = e;
     s->client = client;
     s->user = u;
-    s->sid = ++e->next_sid;
+    s->sid = new_sid(u);
     s->last_activity = now_ms(e);
     wheel_timer_init(&s->timer, session_timer);
     s->u_next = u->sessions;
@@ -669,38 +752,111 @@ static double local_last_seen(engine_t *e, const pd_presence_t *p, struct clock_
     return best;
 }
 
+/* The subscription of s to id, or NULL. */
+static struct sub *sub_of(engine_t *e, session_t *s, pd_str_t id) {
+    struct euser *t = find_user(e, id);
+    return t ? find_sub(e, s, t) : NULL;
+}
+
+/* Decides the new edges of a subscribe from its answer (hidden users stay hidden) and sends
+ * the snapshot, which shows only what the edges let the watcher see. An edge whose target's
+ * settings changed since it was asked for may have been answered from the old settings: it
+ * stays hidden, out of the snapshot, and is re-checked on its own (recheck_one). */
+static void subscribe_answered(session_t *s, struct req *r, int err, const pd_presence_t *ps,
+                               size_t n, const pd_str_t *hidden, size_t nhidden,
+                               pd_presence_t *view, size_t *nview) {
+    engine_t *e = s->e;
+    for (size_t i = 0; !err && i < nhidden; i++) {
+        struct sub *sub = sub_of(e, s, hidden[i]);
+        if (sub)
+            sub->mark = 1;
+    }
+    for (size_t i = 0; i < r->nids; i++) {
+        struct sub *sub = sub_of(e, s, r->ids[i]);
+        if (!sub) {
+            continue;
+        } else if (!sub->checking) {
+            sub->mark = 0; /* decided before (by a re-check): this answer is not news */
+            continue;
+        } else if (err) {
+            remove_sub(e, sub); /* the subscribe failed: nothing of it stays */
+        } else if (sub->gen != sub->target->privacy_gen) {
+            sub->stale = 1;
+        } else {
+            sub->visible = !sub->mark;
+            sub->checking = 0;
+            sub->mark = 1; /* decided here: its hold ends once the snapshot is sent */
+            continue;
+        }
+        if (sub && !err)
+            sub->mark = 0;
+    }
+    *nview = 0;
+    struct clock_snap c = {0};
+    for (size_t i = 0; view && i < n; i++) {
+        struct sub *sub = sub_of(e, s, (pd_str_t){ps[i].user_id, ps[i].user_id_len});
+        if (!sub || !sub->visible || sub->checking)
+            continue;
+        view[*nview] = ps[i];
+        if (ps[i].status != PD_OFFLINE)
+            view[*nview].last_seen = local_last_seen(e, &ps[i], &c);
+        (*nview)++;
+        sub->shown = 1;
+        if (sub->mark && ps[i].version >= sub->target->held_version)
+            sub->fresh = 1; /* the snapshot is as new as what is held */
+    }
+}
+
+/* After the snapshot went out: the holds of the edges it decided end, stale ones are asked
+ * again. */
+static void subscribe_settled(session_t *s, struct req *r) {
+    engine_t *e = s->e;
+    for (size_t i = 0; i < r->nids; i++) {
+        struct sub *sub = sub_of(e, s, r->ids[i]);
+        if (!sub)
+            continue;
+        if (sub->mark) {
+            sub->mark = 0;
+            hold_end(e, sub->target);
+        } else if (sub->stale) {
+            sub->stale = 0;
+            recheck_one(e, s, sub->target);
+        }
+    }
+}
+
 static void req_presences_done(void *arg, int err, const pd_presence_t *ps, size_t n,
                                const pd_str_t *hidden, size_t nhidden) {
     struct req *r = arg;
     session_t *s = r->s;
     engine_t *e = s->e;
     s->pending--;
-    /* The watcher may not see these: their later changes are not sent to it either. */
-    for (size_t i = 0; r->subscribing && !err && !s->closed && i < nhidden; i++) {
-        struct euser *t = find_user(e, hidden[i]);
-        struct sub *sub = t ? find_sub(e, s, t) : NULL;
-        if (sub)
-            sub->visible = 0;
-    }
     pd_presence_t *view = NULL;
     if (!err && n) {
         view = malloc(n * sizeof(*view));
         if (!view)
             err = PD_ENOMEM;
     }
-    if (view) {
+    size_t nview = 0;
+    if (r->subscribing && !s->closed) {
+        subscribe_answered(s, r, err, ps, n, hidden, nhidden, view, &nview);
+    } else if (view) {
         struct clock_snap c = {0};
         for (size_t i = 0; i < n; i++) {
             view[i] = ps[i];
             if (view[i].status != PD_OFFLINE)
                 view[i].last_seen = local_last_seen(e, &ps[i], &c);
         }
+        nview = n;
     }
     if (!s->closed)
-        r->pdone(r->arg, err, view, err ? 0 : n);
+        r->pdone(r->arg, err, view, err ? 0 : nview);
     else
         r->pdone(r->arg, PD_ECLOSED, NULL, 0);
+    if (r->subscribing && !s->closed && !err)
+        subscribe_settled(s, r);
     free(view);
+    free(r->ids);
     free(r);
     maybe_free(s);
 }
@@ -714,11 +870,30 @@ static int query(session_t *s, const pd_str_t *uniq, size_t n, bool subscribing,
     r->pdone = done;
     r->arg = arg;
     r->subscribing = subscribing;
+    if (subscribing) {
+        /* The ids outlive the caller's message: one block, the array then the bytes. */
+        size_t bytes = n * sizeof(pd_str_t);
+        for (size_t i = 0; i < n; i++)
+            bytes += uniq[i].len;
+        r->ids = malloc(bytes ? bytes : 1);
+        if (!r->ids) {
+            free(r);
+            return PD_ENOMEM;
+        }
+        char *p = (char *)(r->ids + n);
+        for (size_t i = 0; i < n; i++) {
+            memcpy(p, uniq[i].s, uniq[i].len);
+            r->ids[i] = (pd_str_t){p, uniq[i].len};
+            p += uniq[i].len;
+        }
+        r->nids = n;
+    }
     s->pending++;
     /* Every answer is filtered for the asking user by the privacy rule. */
     int rc = store_presence_get(s->e->store, user_id(s->user), uniq, n, req_presences_done, r);
     if (rc) {
         s->pending--;
+        free(r->ids);
         free(r);
     }
     return rc;
@@ -754,6 +929,12 @@ int engine_subscribe(session_t *s, const pd_str_t *ids, size_t n, engine_presenc
     }
     if (rc == 0)
         rc = query(s, uniq, n, true, done, arg);
+    /* Refused: the edges it added would wait for an answer that never comes. */
+    for (size_t i = 0; rc && i < n; i++) {
+        struct sub *sub = sub_of(e, s, uniq[i]);
+        if (sub && sub->checking)
+            remove_sub(e, sub);
+    }
     free(uniq);
     return rc;
 }
@@ -783,12 +964,17 @@ int engine_get_presence(session_t *s, const pd_str_t *ids, size_t n, engine_pres
 
 /* --- Privacy --- */
 
-/* A re-check of who may see target after its settings changed. */
+/* A re-check of who may see target, after its settings changed (every watcher), or for one
+ * new edge answered from settings that changed meanwhile (only). Its answer counts only if
+ * no other change was announced since it was asked (gen): a later re-check is then on its way
+ * and decides instead, so an answer from old settings never reopens what new ones hide. */
 struct recheck {
     engine_t *e;
+    session_t *only; /* one watcher's new edge (the session is held by pending) */
     pd_str_t target;
     pd_str_t *requesters; /* sorted, distinct */
     size_t n;
+    uint32_t gen; /* target's privacy_gen when asked */
 };
 
 static void recheck_free(struct recheck *rc) {
@@ -798,85 +984,26 @@ static void recheck_free(struct recheck *rc) {
         free((char *)rc->requesters[i].s);
     free(rc->requesters);
     free((char *)rc->target.s);
+    if (rc->only) {
+        rc->only->pending--;
+        maybe_free(rc->only);
+    }
     free(rc);
 }
 
-/* The current presence of a user who became visible to some watchers: sent to those. */
-static void owed_presence(void *arg, int err, const pd_presence_t *ps, size_t n,
-                          const pd_str_t *hidden, size_t nhidden) {
-    (void)hidden;
-    (void)nhidden;
-    struct recheck *rc = arg;
-    engine_t *e = rc->e;
-    struct euser *t = find_user(e, rc->target);
-    pd_obuf_t *frame = !err && n == 1 && t ? e->codec.presence_update(&ps[0]) : NULL;
-    for (struct sub *s = t ? t->watchers : NULL; s; s = s->t_next) {
-        if (!s->owed)
-            continue;
-        s->owed = 0;
-        if (frame && s->watcher->client && s->visible &&
-            e->ops.send_coalesced(s->watcher->client, frame, &s->slot) >= 0)
-            (*e->n.deliveries)++;
-    }
-    pd_obuf_release(frame);
-    recheck_free(rc);
-}
-
-static void rechecked(void *arg, int err, const uint8_t *bits) {
-    struct recheck *rc = arg;
-    engine_t *e = rc->e;
-    struct euser *t = find_user(e, rc->target);
-    if (err || !t) {
-        recheck_free(rc);
-        return;
-    }
-    pd_obuf_t *hidden = NULL;
-    bool owed = false;
-    for (struct sub *s = t->watchers; s; s = s->t_next) {
-        pd_str_t w = user_id(s->watcher->user);
-        pd_str_t *hit = bsearch(&w, rc->requesters, rc->n, sizeof(w), cmp_str);
-        if (!hit || bits[hit - rc->requesters] == s->visible)
-            continue;
-        s->visible = bits[hit - rc->requesters];
-        if (!s->watcher->client)
-            continue;
-        if (s->visible) {
-            s->owed = 1;
-            owed = true;
-            continue;
-        }
-        /* Lost permission: one bare offline, replacing any update still queued for it. */
-        if (!hidden)
-            hidden = e->codec.presence_hidden(rc->target);
-        if (hidden && e->ops.send_coalesced(s->watcher->client, hidden, &s->slot) >= 0)
-            (*e->n.deliveries)++;
-    }
-    pd_obuf_release(hidden);
-    if (!owed || store_presence_get(e->store, (pd_str_t){0}, &rc->target, 1, owed_presence, rc))
-        recheck_free(rc);
-}
-
-static void on_privacy_changed(void *ctx, pd_str_t user) {
-    engine_t *e = ctx;
-    struct euser *t = find_user(e, user);
-    if (!t || !t->watchers)
-        return;
+static struct recheck *recheck_new(engine_t *e, struct euser *t, const pd_str_t *ids, size_t n) {
     struct recheck *rc = calloc(1, sizeof(*rc));
-    pd_str_t *ids = malloc(sizeof(*ids) * t->nwatchers);
-    if (!rc || !ids)
-        goto err_free;
+    if (!rc)
+        return NULL;
     rc->e = e;
-    size_t n = 0;
-    for (struct sub *s = t->watchers; s; s = s->t_next)
-        ids[n++] = user_id(s->watcher->user);
-    n = unique_ids(ids, n, ids);
+    rc->gen = t->privacy_gen;
     /* Copies: the store may answer after these sessions are gone. */
     rc->requesters = calloc(n + 1, sizeof(pd_str_t));
-    rc->target.s = malloc(user.len + 1);
+    rc->target.s = malloc(t->id_len + 1u);
     if (!rc->requesters || !rc->target.s)
         goto err_free;
-    memcpy((char *)rc->target.s, user.s, user.len);
-    rc->target.len = user.len;
+    memcpy((char *)rc->target.s, t->id, t->id_len);
+    rc->target.len = t->id_len;
     for (size_t i = 0; i < n; i++, rc->n++) {
         char *c = malloc(ids[i].len + 1);
         if (!c)
@@ -884,15 +1011,167 @@ static void on_privacy_changed(void *ctx, pd_str_t user) {
         memcpy(c, ids[i].s, ids[i].len);
         rc->requesters[i] = (pd_str_t){c, ids[i].len};
     }
-    free(ids);
-    ids = NULL;
-    if (store_can_see(e->store, rc->target, rc->requesters, rc->n, rechecked, rc) == 0)
-        return;
+    return rc;
 err_free:
-    PD_WARN(e->log, "engine", "privacy of %.*s changed but could not be re-checked", (int)user.len,
-            user.s);
-    free(ids);
     recheck_free(rc);
+    return NULL;
+}
+
+/* The current presence of a user who became visible to some watchers: sent to those. The
+ * target is held meanwhile, so a change that comes before this answer is not sent first. */
+static void owed_presence(void *arg, int err, const pd_presence_t *ps, size_t n,
+                          const pd_str_t *hidden, size_t nhidden) {
+    (void)hidden;
+    (void)nhidden;
+    struct recheck *rc = arg;
+    engine_t *e = rc->e;
+    struct euser *t = find_user(e, rc->target); /* held: still there */
+    pd_obuf_t *frame = !err && n == 1 ? e->codec.presence_update(&ps[0]) : NULL;
+    for (struct sub *s = t->watchers; s; s = s->t_next) {
+        if (!s->owed)
+            continue;
+        s->owed = 0;
+        if (frame && s->watcher->client && s->visible) {
+            deliver(e, s, frame);
+            if (ps[0].version >= t->held_version)
+                s->fresh = 1;
+        }
+    }
+    pd_obuf_release(frame);
+    recheck_free(rc);
+    hold_end(e, t);
+}
+
+/* A hidden watcher's edge: no message, or one bare offline to a watcher that was shown the
+ * user (one never shown them must not learn that the account exists). */
+static void hide_from(engine_t *e, struct sub *s, pd_obuf_t **hidden, pd_str_t target) {
+    s->visible = 0;
+    s->owed = 0;
+    if (!s->watcher->client || !s->shown)
+        return;
+    s->shown = 0;
+    if (!*hidden)
+        *hidden = e->codec.presence_hidden(target);
+    if (*hidden && e->ops.send_coalesced(s->watcher->client, *hidden, &s->slot) >= 0)
+        (*e->n.deliveries)++;
+}
+
+static void rechecked(void *arg, int err, const uint8_t *bits) {
+    struct recheck *rc = arg;
+    engine_t *e = rc->e;
+    struct euser *t = find_user(e, rc->target); /* held: still there */
+    if (rc->gen != t->privacy_gen) {
+        /* Settings changed again since this was asked: a later re-check decides (every
+         * watcher), or this one edge is asked again. */
+        if (rc->only && !rc->only->closed) {
+            struct sub *sub = find_sub(e, rc->only, t);
+            if (sub && sub->checking)
+                recheck_one(e, rc->only, t);
+        }
+        recheck_free(rc);
+        hold_end(e, t);
+        return;
+    }
+    pd_obuf_t *hidden = NULL;
+    bool owed = false;
+    for (struct sub *s = t->watchers, *next; s; s = next) {
+        next = s->t_next;
+        if (rc->only ? s->watcher != rc->only || !s->checking : s->checking)
+            continue; /* new edges are decided by their own answers */
+        pd_str_t w = user_id(s->watcher->user);
+        pd_str_t *hit = bsearch(&w, rc->requesters, rc->n, sizeof(w), cmp_str);
+        if (!hit)
+            continue;
+        bool visible = !err && bits[hit - rc->requesters];
+        if (rc->only) {
+            s->checking = 0;
+            s->visible = visible;
+            s->owed = visible;
+            owed = visible;
+            hold_end(e, t); /* the edge's own hold; the re-check's keeps t */
+            continue;
+        }
+        if (visible == s->visible)
+            continue;
+        if (visible) {
+            s->visible = 1;
+            s->owed = 1;
+            owed = true;
+        } else {
+            /* Lost permission (or the store could not say: hidden is the safe side). */
+            hide_from(e, s, &hidden, rc->target);
+        }
+    }
+    pd_obuf_release(hidden);
+    if (err)
+        PD_WARN(e->log, "engine", "privacy of %.*s could not be re-checked (%s): hidden",
+                (int)rc->target.len, rc->target.s, pd_strerror(err));
+    if (owed) {
+        hold_begin(t); /* until the owed presence is sent */
+        if (store_presence_get(e->store, (pd_str_t){0}, &rc->target, 1, owed_presence, rc) == 0) {
+            hold_end(e, t); /* the re-check's own hold; the fetch keeps t */
+            return;
+        }
+        hold_end(e, t);
+    }
+    recheck_free(rc);
+    hold_end(e, t);
+}
+
+static int recheck_ask(engine_t *e, struct euser *t, struct recheck *rc) {
+    hold_begin(t);
+    int err = store_can_see(e->store, rc->target, rc->requesters, rc->n, rechecked, rc);
+    if (err)
+        hold_end(e, t);
+    return err;
+}
+
+/* Asks again whether w may see t, for w's new edge to t answered from old settings. */
+static void recheck_one(engine_t *e, session_t *w, struct euser *t) {
+    pd_str_t me = user_id(w->user);
+    struct recheck *rc = recheck_new(e, t, &me, 1);
+    if (rc) {
+        rc->only = w;
+        w->pending++;
+        if (recheck_ask(e, t, rc) == 0)
+            return;
+    }
+    /* Cannot ask: the edge goes, rather than staying undecided (and t held) forever. */
+    PD_WARN(e->log, "engine", "subscription to %.*s could not be checked: dropped", (int)t->id_len,
+            t->id);
+    recheck_free(rc);
+    struct sub *sub = find_sub(e, w, t);
+    if (sub)
+        remove_sub(e, sub);
+}
+
+static void on_privacy_changed(void *ctx, pd_str_t user) {
+    engine_t *e = ctx;
+    struct euser *t = find_user(e, user);
+    if (!t || !t->watchers)
+        return;
+    t->privacy_gen++; /* answers asked for before this may be from the old settings */
+    pd_str_t *ids = malloc(sizeof(*ids) * t->nwatchers);
+    struct recheck *rc = NULL;
+    if (ids) {
+        size_t n = 0;
+        for (struct sub *s = t->watchers; s; s = s->t_next)
+            ids[n++] = user_id(s->watcher->user);
+        n = unique_ids(ids, n, ids);
+        rc = recheck_new(e, t, ids, n);
+        free(ids);
+    }
+    if (rc && recheck_ask(e, t, rc) == 0)
+        return;
+    /* Cannot ask: every watcher is hidden from t (the safe side) until its next change. */
+    PD_WARN(e->log, "engine", "privacy of %.*s changed but could not be re-checked: hidden",
+            (int)user.len, user.s);
+    recheck_free(rc);
+    pd_obuf_t *hidden = NULL;
+    for (struct sub *s = t->watchers; s; s = s->t_next)
+        if (!s->checking && s->visible)
+            hide_from(e, s, &hidden, user);
+    pd_obuf_release(hidden);
 }
 
 static void req_privacy_done(void *arg, int err, const store_privacy_t *p) {
@@ -1114,6 +1393,7 @@ void engine_free(engine_t *e) {
                 free(s);
             }
             hmap_remove(&e->users, &u->node);
+            pd_obuf_release(u->held);
             free(u);
         }
     }

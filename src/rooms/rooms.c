@@ -51,7 +51,7 @@ struct rlink {
     pd_str_t cursor;               /* pending cursor payload (owned) */
     pd_str_t md; /* the metadata last set (owned), to register it again after a resync */
     uint64_t sid;
-    uint16_t pending; /* store calls in flight */
+    uint32_t pending; /* store calls in flight (bounded per connection by dispatch) */
     int8_t typing;    /* pending typing signal, -1 none */
     uint8_t live : 1, lingering : 1;
     rooms_t *owner;

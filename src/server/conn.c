@@ -406,6 +406,21 @@ void server__flush_conn(conn_t *c) {
     conn_write(c);
 }
 
+void conn_hold_input(conn_t *c, bool hold) {
+    if (hold) {
+        c->held = 1;
+        return;
+    }
+    if (!c->held)
+        return;
+    c->held = 0;
+    if (c->paused || c->state == CONN_DEAD || c->reap)
+        return;    /* the drain of the output backlog resumes reading */
+    c->resume = 1; /* what waited in c->in is processed at the next flush */
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    server__mark_pending(c);
+}
+
 static int send_checked(conn_t *c, pd_obuf_t *frame) {
     server_t *s = c->srv;
     if (c->state != CONN_WS_OPEN)
@@ -775,6 +790,8 @@ static size_t ws_input(conn_t *c, uint8_t *data, size_t len) {
             c->paused = 1;
             break;
         }
+        if (c->held && c->state == CONN_WS_OPEN)
+            break; /* the layer above waits for answers first (conn_hold_input) */
         ws_event_t ev;
         uint16_t code = 0;
         int rc = ws_decode(&c->dec, data + off, len - off, &ev, &need, &code);
@@ -888,7 +905,7 @@ static void conn_process(conn_t *c, uint8_t *data, size_t len) {
         off += ws_input(c, data + off, len - off);
     if (off < len && !c->reap && c->state != CONN_DEAD && c->state != CONN_LINGER) {
         keep_input(c, data + off, len - off);
-        if (c->paused)
+        if (c->paused || c->held)
             uv_read_stop((uv_stream_t *)&c->tcp);
     } else if (c->in) {
         free(c->in);
@@ -958,6 +975,8 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
         break;
     case CONN_WS_OPEN: {
         uint64_t due = c->last_rx + s->cfg.ws_idle_timeout_ms;
+        if (c->held && !c->paused)
+            due = now + s->cfg.ws_idle_timeout_ms; /* its frames wait unread: not silent */
         if (due > now) {
             wheel_schedule(s->wheel, t, due); /* activity since arming: check again later */
             break;

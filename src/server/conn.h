@@ -72,6 +72,7 @@ struct conn {
     unsigned head_only : 1;  /* the request being answered is HEAD */
     unsigned resume : 1;     /* re-read buffered input at the next flush (after a late answer) */
     unsigned paused : 1;     /* reading stopped until the output backlog drains */
+    unsigned held : 1;       /* reading stopped by the layer above (calls in flight) */
 };
 
 static_assert(sizeof(struct conn) <= CONN_STRUCT_BUDGET, "struct conn over its memory budget");

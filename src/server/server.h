@@ -115,6 +115,13 @@ void conn_unslot(conn_slot_t **slot);
  * follows when it completes or times out. Harmless when already closing. */
 void conn_close_ws(conn_t *c, uint16_t code, const char *reason);
 
+/* Stops (hold) or restarts (!hold) reading c's input for the layer above, e.g. while a client
+ * has as many calls in flight as it may: its later messages wait in the socket (and TCP pushes
+ * back on the client) until answers come back. Input already buffered is processed after the
+ * release, in order. A held connection is not timed out for silence (its frames are unread,
+ * not missing). Harmless on a closing connection. */
+void conn_hold_input(conn_t *c, bool hold);
+
 /* Loop time (ms) of the last complete frame received: the connection's liveness. */
 uint64_t conn_last_rx(const conn_t *c);
 

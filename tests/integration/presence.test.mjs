@@ -93,7 +93,8 @@ describe('presence', () => {
 
         // Every connection is a new session, even of the same user.
         const b = await openClient(d, 'wel-a');
-        assert.ok(b.welcome.session_id > sid, `session ids ${sid}, ${b.welcome.session_id}`);
+        assert.ok(Number.isSafeInteger(b.welcome.session_id) && b.welcome.session_id !== sid,
+            `session ids ${sid}, ${b.welcome.session_id}`);
         assert.equal(b.welcome.user_id, 'wel-a');
 
         // The user id is echoed as decoded from the URL (UTF-8, spaces, slashes), up to 128 bytes.

@@ -1,0 +1,188 @@
+// Regression tests of the attack campaign's engine and dispatch findings (issue #11), on the
+// store where each happened:
+//  - Redis: ~70,000 pipelined set_status followed by a TCP reset freed the session while store
+//    answers were still due (a 16-bit count of calls in flight wrapped): use after free. Now a
+//    connection with DISPATCH_INFLIGHT_MAX requests waiting is not read further until answers
+//    come back; every request read is answered, none is lost.
+//  - Redis: set_visibility nobody (or block) followed at once by a status change sent the watcher
+//    that had just lost sight the full new presence before the bare offline (the permission
+//    re-check is a store round trip). Deliveries of the user are now held until it answers.
+//  - A never-seen user whose first act is to hide sent watchers a bare offline, which told them
+//    that the account exists. A watcher is now told of a loss of sight only if it was shown the
+//    user, so an unknown user and a hidden one look alike (embedded store and Redis).
+//  - welcome.session_id was a process-wide counter (anyone could measure the connection rate).
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { buildFrame, httpGet, metricValue, rawWsConnect, scrapeMetrics, sleep } from './lib/daemon.mjs';
+import { eventually, openClient, openUser, openWatcher, startPresenced, stopDaemon } from './lib/presence.mjs';
+import { startRedis, stopNode } from './lib/redis.mjs';
+
+const T = { timeout: 60000 };
+const QUIET_MS = 500;
+const bare = (u) => `{"type":"presence_update","presence":{"user_id":"${u}","status":"offline"}}`;
+
+async function startNode(flags, nodeId) {
+    const d = await startPresenced([...flags, '--node-id', nodeId, '--offline-grace', '1', '--ephemeral']);
+    await eventually(async () => (await httpGet(d, '/readyz')).status === 200, 15000, `node ${nodeId} ready`);
+    return d;
+}
+
+/** What c received about user since index from (entries). */
+const about = (c, user, from = 0) =>
+    c.all.slice(from).filter((e) => e.msg.type === 'presence_update' && e.msg.presence.user_id === user);
+
+describe('calls in flight per connection (Redis)', { timeout: 120000 }, () => {
+    let redis;
+    let d;
+    before(async () => {
+        redis = await startRedis();
+        d = await startNode(['--redis', redis.url], 'inflight');
+    });
+    after(async () => {
+        await stopDaemon(d);
+        await redis?.stop();
+    });
+
+    test('70,000 pipelined set_status then a TCP reset: the node survives, reading was held', T, async () => {
+        const c = await rawWsConnect(d, { user: 'flooder' });
+        const frames = [];
+        for (let i = 0; i < 70000; i++)
+            frames.push(buildFrame({ payload: `{"type":"set_status","status":"${i & 1 ? 'busy' : 'online'}"}` }));
+        const all = Buffer.concat(frames);
+        c.sock.write(all);
+        await sleep(300); // some of it read and waiting for Redis
+        c.sock.resetAndDestroy();
+        // The node goes on (under ASan a use after free aborts it) and answers others.
+        await sleep(1500);
+        assert.equal(d.exit, null, `the node died: ${d.log.slice(-2000)}`);
+        const w = await openUser(d, 'after-flood');
+        await w.ok({ type: 'set_status', status: 'busy' });
+        const m = await scrapeMetrics(d);
+        assert.ok(metricValue(m, 'presenced_inflight_holds_total') >= 1, 'the flooder was never held');
+    });
+
+    test('a pipelined burst with ids is answered in full and in order while held', T, async () => {
+        const c = await openUser(d, 'pipeliner');
+        const N = 3000;
+        const frames = [];
+        for (let i = 0; i < N; i++) frames.push(JSON.stringify({ type: 'set_status', status: i & 1 ? 'away' : 'online', id: i }));
+        const before = metricValue(await scrapeMetrics(d), 'presenced_inflight_holds_total');
+        const from = c.all.length;
+        for (const f of frames) c.ws.send(f);
+        const answers = () => c.all.slice(from).filter((e) => e.msg.type === 'ack' || e.msg.type === 'error');
+        await eventually(() => answers().length >= N, 30000, `${N} answers`, 50);
+        assert.deepEqual(answers().map((e) => e.msg.type === 'ack' ? e.msg.id : e.raw), [...Array(N).keys()],
+            'every request answered once, with an ack, in order');
+        const held = metricValue(await scrapeMetrics(d), 'presenced_inflight_holds_total') - before;
+        assert.ok(held >= 1, 'a burst of 3,000 never reached the bound');
+    });
+});
+
+/** The privacy races, run on one node and across two. */
+function privacyRaces(name, start) {
+    describe(`privacy at the moment of the change: ${name}`, { timeout: 180000 }, () => {
+        let env;
+        before(async () => {
+            env = await start();
+        });
+        after(async () => {
+            await env.stop();
+        });
+
+        for (const [what, hide] of [
+            ['set_visibility nobody', () => ({ type: 'set_visibility', visibility: 'nobody' })],
+            ['block', (watcher) => ({ type: 'block', user_id: watcher })],
+            ['remove_contact (visibility contacts)', (watcher) => ({ type: 'remove_contact', user_id: watcher })],
+        ]) {
+            test(`${what} then a status change at once: the watcher gets the bare offline, nothing else`, T, async () => {
+                const trials = 15;
+                for (let i = 0; i < trials; i++) {
+                    const tag = `${env.tag}-${what.split(' ')[0]}-${i}`;
+                    const x = `x-${tag}`;
+                    const w = `w-${tag}`;
+                    const xc = await openUser(env.a, x);
+                    if (what.startsWith('remove_contact')) {
+                        await xc.ok({ type: 'add_contact', user_id: w });
+                        await xc.ok({ type: 'set_visibility', visibility: 'contacts' });
+                    }
+                    const { c: wc, initial } = await openWatcher(env.b, w, [x]);
+                    assert.equal(initial[x]?.status, 'online', 'visible before');
+                    const from = wc.all.length;
+                    // Both pipelined: the change that hides, and a change only visible without it.
+                    xc.ws.send(JSON.stringify(hide(w)));
+                    xc.ws.send(JSON.stringify({ type: 'set_status', status: 'busy', custom_status: `secret ${i}` }));
+                    await wc.waitForEntry((m) => m.type === 'presence_update' && m.presence.user_id === x, 3000, 'the offline');
+                    await sleep(what.startsWith('set_vis') ? 100 : 150);
+                    const got = about(wc, x, from);
+                    assert.deepEqual(got.map((e) => e.raw), [bare(x)], `trial ${i}: the watcher received ${got.map((e) => e.raw).join(' | ')}`);
+                    await xc.terminate();
+                    await wc.terminate();
+                }
+            });
+        }
+
+        test('a never-seen user whose first act is to hide sends watchers nothing; shown when allowed', T, async () => {
+            const g = `ghost-${env.tag}`;
+            const { c: wc, initial } = await openWatcher(env.b, `wg-${env.tag}`, [g]);
+            assert.deepEqual(initial, {}, 'unknown: not in the snapshot');
+            const gc = await openClient(env.a, g);
+            await gc.ok({ type: 'set_visibility', visibility: 'nobody' });
+            await gc.ok({ type: 'set_online', device: 'web' });
+            await gc.ok({ type: 'set_status', status: 'busy' });
+            await sleep(QUIET_MS);
+            assert.deepEqual(about(wc, g).map((e) => e.raw), [], 'a hidden user must look like an unknown one');
+            // Later subscribers see the same: nothing.
+            const { initial: again } = await openWatcher(env.b, `wg2-${env.tag}`, [g]);
+            assert.deepEqual(again, {});
+            // Visible again: the current presence, once.
+            await gc.ok({ type: 'set_visibility', visibility: 'everyone' });
+            const e = await wc.waitForEntry((m) => m.type === 'presence_update' && m.presence.user_id === g, 3000, 'the presence');
+            assert.equal(e.msg.presence.status, 'busy');
+        });
+    });
+}
+
+privacyRaces('embedded store', async () => {
+    const a = await startPresenced(['--ephemeral']);
+    return { tag: 'e', a, b: a, stop: () => stopDaemon(a) };
+});
+privacyRaces('one node on Redis', async () => {
+    const redis = await startRedis();
+    const a = await startNode(['--redis', redis.url], 'p1');
+    return {
+        tag: 'r1', a, b: a,
+        stop: async () => {
+            await stopDaemon(a);
+            await redis.stop();
+        },
+    };
+});
+privacyRaces('two nodes on Redis', async () => {
+    const redis = await startRedis();
+    const [a, b] = await Promise.all([startNode(['--redis', redis.url], 'p2a'), startNode(['--redis', redis.url], 'p2b')]);
+    return {
+        tag: 'r2', a, b,
+        stop: async () => {
+            await Promise.all([stopNode(a), stopNode(b)]);
+            await redis.stop();
+        },
+    };
+});
+
+describe('session ids', () => {
+    let d;
+    before(async () => {
+        d = await startPresenced(['--ephemeral']);
+    });
+    after(() => stopDaemon(d));
+
+    test('welcome.session_id is random, not a count of connections', T, async () => {
+        const ids = [];
+        for (let i = 0; i < 12; i++) ids.push((await openClient(d, `sid-${i}`)).welcome.session_id);
+        for (const id of ids) assert.ok(Number.isSafeInteger(id) && id > 0, `session_id ${id}`);
+        assert.equal(new Set(ids).size, ids.length, 'distinct');
+        const steps = ids.slice(1).map((id, i) => id - ids[i]);
+        assert.ok(steps.filter((s) => s > 0 && s < 1000).length < 3, `sequential: ${ids.join(', ')}`);
+    });
+});

@@ -95,6 +95,9 @@ static const struct opt opts[] = {
      "keep everything in memory only: nothing survives a restart (tests, benchmarks)"},
     {"static-dir", OPT_STRING, F(static_dir), 0, NULL, 0, 0,
      "directory served at / (the demo page); default: the source tree's web/ when it exists"},
+    {"static-dotfiles", OPT_BOOL, F(static_dotfiles), 0, NULL, 0, 0,
+     "also serve hidden files and directories (a path segment starting with '.', such as "
+     ".env or .git/) from static-dir and client-dir; without it they are 404"},
     {"client-dir", OPT_STRING, F(client_dir), 0, NULL, 0, 0,
      "directory served at /client/ (the JavaScript client); default: the source tree's "
      "clients/js/src/ when it exists"},

@@ -48,6 +48,7 @@ typedef struct pd_config {
     char data_dir[1024];
     bool ephemeral;
     char static_dir[1024];
+    bool static_dotfiles; /* serve hidden names (a segment starting with '.') from static dirs */
     char client_dir[1024];
     char api_keys_file[1024];
     uint32_t sse_keepalive; /* ms */

@@ -94,6 +94,18 @@ int static_safe_path(const char *path, size_t len, char *out, size_t out_size) {
     return 0;
 }
 
+bool static_path_hidden(const char *rel) {
+    for (const char *s = rel; *s;) {
+        if (*s == '.')
+            return true;
+        const char *slash = strchr(s, '/');
+        if (!slash)
+            break;
+        s = slash + 1;
+    }
+    return false;
+}
+
 int static_mount(static_files_t *sf, const char *prefix, const char *dir) {
     if (sf->count == STATIC_MOUNTS_MAX)
         return -1;
@@ -197,8 +209,13 @@ static void handle(void *ctx, http_exchange_t *ex, const http_request_t *req) {
     struct stat st;
     bool is_dir;
     size_t pl = best ? strlen(best->prefix) : 0;
+    /* Hidden names (.env, .git/, .htpasswd) are deployment files, not the site: not served
+     * unless asked for, neither by their name nor through a visible name linking to them. */
     if (!best || static_safe_path(req->path + pl, req->path_len - pl, rel, sizeof(rel)) != 0 ||
-        resolve(best, rel, real, &st, &is_dir) != 0 || st.st_size > STATIC_FILE_MAX) {
+        (!sf->allow_dotfiles && static_path_hidden(rel)) ||
+        resolve(best, rel, real, &st, &is_dir) != 0 ||
+        (!sf->allow_dotfiles && static_path_hidden(real + strlen(best->root))) ||
+        st.st_size > STATIC_FILE_MAX) {
         not_found(ex);
         return;
     }

@@ -6,6 +6,8 @@
 //     bytes (encoded and raw), absolute paths, overlong UTF-8 dots, absolute-form targets, and
 //     symlinks leading out (to a file, to a directory, dangling, looping) all get 404 or 400,
 //     and the secret placed next to the static directory appears in no answer.
+//   - Hidden names (a segment starting with '.': /.env, /.git/config), asked for by name,
+//     encoded, or reached through a visible symlink, are 404 unless --static-dotfiles.
 //   - Only regular files: no directory listing, no FIFO (which must not hang the server), no
 //     file over the size limit; a directory serves its index.html.
 //   - Content types by extension; the CSP and Referrer-Policy only on HTML; nosniff; ETag and
@@ -24,6 +26,7 @@ import { assertHttpHealthy, httpRequest, rawConnect, startDaemon } from './lib/d
 const T = { timeout: 60000 };
 const CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'";
 const SECRET = 'TOP-SECRET-7f3a9c';
+const DOT_SECRET = 'DOT-SECRET-1b2e44'; // in the hidden files inside the static directory
 
 let d;
 let tmp;
@@ -81,6 +84,15 @@ before(async () => {
     fs.symlinkSync('loop.txt', path.join(web, 'loop.txt'));
     fs.symlinkSync('index.html', path.join(web, 'alias.html'));
     fs.symlinkSync('sub', path.join(web, 'subalias'));
+    // Hidden files inside the directory, and names leading to them.
+    for (const name of ['.env', '.git/config', '.git/index.html', 'sub/.htpasswd', '.well-known/security.txt']) {
+        fs.mkdirSync(path.dirname(path.join(web, name)), { recursive: true });
+        fs.writeFileSync(path.join(web, name), `${DOT_SECRET} ${name}\n`);
+    }
+    fs.writeFileSync(path.join(client, '.env'), `${DOT_SECRET} client\n`);
+    fs.symlinkSync('.env', path.join(web, 'visible-env.txt'));
+    fs.symlinkSync('.git', path.join(web, 'visible-git'));
+    fs.symlinkSync('index.html', path.join(web, '.alias.html'));
     // A FIFO (opening it would block) and a file over the 16 MiB limit (sparse).
     const fifo = spawnSync('mkfifo', [path.join(web, 'fifo')]);
     assert.equal(fifo.status, 0, 'mkfifo');
@@ -335,6 +347,44 @@ describe('serving', () => {
         }
         const missing = await get('/nope.html', { method: 'HEAD' });
         assert.equal(missing.status, 404);
+    });
+
+    test('hidden files and directories: 404 by name, encoded, or through a symlink', T, async () => {
+        const targets = [
+            '/.env', '/%2eenv', '/%2Eenv', '/.env?x=1', '/.git/config', '/.git/', '/.git',
+            '/.git/index.html', '/%2egit/config', '/sub/.htpasswd', '/sub/%2ehtpasswd',
+            '/.well-known/security.txt', '/empty/.keep', '/.alias.html', '/visible-env.txt',
+            '/visible-git/config', '/visible-git/', '/client/.env', 'http://h/.env',
+        ];
+        const served = [];
+        for (const target of targets) {
+            const r = await get(target);
+            if (r.status !== 404) served.push(`${target} -> ${r.status}`);
+            assert.ok(!r.body.includes(DOT_SECRET) && !r.head.includes(DOT_SECRET), `${target}: leaked`);
+        }
+        assert.deepEqual(served, [], 'hidden names answered with something else than 404');
+        // HEAD too, and the visible files beside them are still served.
+        assert.equal((await get('/.env', { method: 'HEAD' })).status, 404);
+        assert.equal((await get('/sub/page.txt')).status, 200);
+        assert.equal((await get('/empty/')).status, 404); // no index.html, no listing
+    });
+
+    test('--static-dotfiles serves them', T, async () => {
+        const d2 = await startDaemon(['--static-dir', web, '--static-dotfiles']);
+        try {
+            for (const name of ['.env', '.git/config', '.well-known/security.txt', 'sub/.htpasswd']) {
+                const r = await httpRequest(d2, `GET /${name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+                assert.equal(r.status, 200, name);
+                assert.equal(r.body, `${DOT_SECRET} ${name}\n`);
+            }
+            const r = await httpRequest(d2, 'GET /visible-env.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+            assert.equal(r.status, 200);
+            // Traversal stays refused with it.
+            const t = await httpRequest(d2, 'GET /../secret.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+            assert.equal(t.status, 404);
+        } finally {
+            await d2.stop();
+        }
     });
 
     test('other methods: 405 with Allow', T, async () => {

@@ -125,6 +125,31 @@ static void test_traversal_refused(void **state) {
     tu_guard_destroy(&g);
 }
 
+/* Hidden names: a segment starting with '.' anywhere in the path (after decoding, so
+ * "%2eenv" is ".env"); dots elsewhere in a name are ordinary. */
+static void test_hidden_paths(void **state) {
+    (void)state;
+    static const char *const hidden[] = {
+        ".env",     "/.env", ".git/config", "a/.git/config", "a/b/.htpasswd", ".well-known/x",
+        ".hidden/", "a/.b",  "...",         "..a/b",         "a/.../b",       ".",
+    };
+    for (size_t i = 0; i < sizeof(hidden) / sizeof(hidden[0]); i++)
+        if (!static_path_hidden(hidden[i]))
+            fail_msg("\"%s\" not hidden", hidden[i]);
+    static const char *const visible[] = {
+        "", "/", "index.html", "a/b/c.js", "a.b/c", "a./b", "sub/", "a/b.", "env.", "caf\xc3\xa9",
+    };
+    for (size_t i = 0; i < sizeof(visible) / sizeof(visible[0]); i++)
+        if (static_path_hidden(visible[i]))
+            fail_msg("\"%s\" hidden", visible[i]);
+    /* Through the decoder, as the handler uses it. */
+    char out[64];
+    assert_int_equal(safe("/%2eenv", out, sizeof(out)), 0);
+    assert_true(static_path_hidden(out));
+    assert_int_equal(safe("/sub/%2Egit/config", out, sizeof(out)), 0);
+    assert_true(static_path_hidden(out));
+}
+
 static void test_output_size(void **state) {
     (void)state;
     char out[8];
@@ -221,6 +246,7 @@ int main(void) {
         cmocka_unit_test(test_plain_paths),       cmocka_unit_test(test_percent_decoding),
         cmocka_unit_test(test_traversal_refused), cmocka_unit_test(test_output_size),
         cmocka_unit_test(test_content_types),     cmocka_unit_test(test_mounts),
+        cmocka_unit_test(test_hidden_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -627,7 +627,7 @@ int main(int argc, char **argv) {
             PD_ERROR(&a->log, "main", "refusing to start: %s", err);
             goto out;
         }
-        if (store_local_load(a->store, a->persist, &a->log) != 0) {
+        if (store_local_load(a->store, a->persist, &a->log, a->loop) != 0) {
             PD_ERROR(&a->log, "main",
                      "refusing to start: the database in '%s' could not be "
                      "loaded (see above)",

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <uv.h>
 
 #include "store/persist.h"
 #include "util/error.h"
@@ -89,10 +90,33 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ROLLBACK] = "ROLLBACK",
 };
 
+/* A queued write: the caller's description with every string and array copied behind it. */
+struct pw {
+    struct pw *next;
+    persist_done_cb cb;
+    void *arg;
+    size_t bytes; /* this allocation, counted against max_bytes */
+    int err;
+    persist_write_t w;
+    char data[];
+};
+
 struct persist {
     sqlite3 *db;
     pd_log_t *log;
     sqlite3_stmt *st[S_COUNT];
+    /* The writer. mu guards queue, done, busy, stop; the counters below it are the loop's. */
+    uv_loop_t *loop;
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t wake_writer; /* something queued, or stop */
+    uv_cond_t idle;        /* a group is done */
+    uv_async_t wake_loop;  /* results are waiting in done */
+    struct pw *queue, **queue_tail;
+    struct pw *done, **done_tail;
+    persist_limits_t lim;
+    size_t nwrites, nbytes; /* queued and not yet called back (loop thread only) */
+    bool started, busy, stop;
     char path[4096];
 };
 
@@ -222,9 +246,12 @@ err_close:
     return -1;
 }
 
+static void writer_stop(persist_t *p);
+
 void persist_close(persist_t *p) {
     if (!p)
         return;
+    writer_stop(p);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(p->st[i]);
     sqlite3_close(p->db);
@@ -342,11 +369,9 @@ int persist_commit(persist_t *p) {
     return rc;
 }
 
-int persist_replace_privacy(persist_t *p, pd_str_t user, uint8_t visibility,
-                            const pd_str_t *contacts, size_t ncontacts, const pd_str_t *blocked,
-                            size_t nblocked) {
-    if (persist_begin(p))
-        return PD_EIO;
+/* The rows of a replace, inside the caller's transaction. */
+static int replace_rows(persist_t *p, pd_str_t user, uint8_t visibility, const pd_str_t *contacts,
+                        size_t ncontacts, const pd_str_t *blocked, size_t nblocked) {
     sqlite3_stmt *s = p->st[S_DEL_ALL_ENTRIES];
     bind_str(s, 1, user);
     int rc = run(p, S_DEL_ALL_ENTRIES, "replacing privacy settings");
@@ -360,6 +385,15 @@ int persist_replace_privacy(persist_t *p, pd_str_t user, uint8_t visibility,
         rc = persist_save_entry(p, user, contacts[i], false, true);
     for (size_t i = 0; rc == 0 && i < nblocked; i++)
         rc = persist_save_entry(p, user, blocked[i], true, true);
+    return rc;
+}
+
+int persist_replace_privacy(persist_t *p, pd_str_t user, uint8_t visibility,
+                            const pd_str_t *contacts, size_t ncontacts, const pd_str_t *blocked,
+                            size_t nblocked) {
+    if (persist_begin(p))
+        return PD_EIO;
+    int rc = replace_rows(p, user, visibility, contacts, ncontacts, blocked, nblocked);
     if (rc) {
         run(p, S_ROLLBACK, "rolling back");
         return rc;
@@ -373,4 +407,257 @@ int persist_save_last_seen(persist_t *p, pd_str_t user, double last_seen, const 
     sqlite3_bind_double(s, 2, last_seen);
     bind_opt(s, 3, device);
     return run(p, S_LAST_SEEN, "saving last_seen");
+}
+
+/* --- The writer thread --- */
+
+static int apply(persist_t *p, const persist_write_t *w) {
+    switch (w->kind) {
+    case PERSIST_W_NONE:
+        return 0;
+    case PERSIST_W_FIELDS:
+        return persist_save_fields(p, w->user, &w->fields);
+    case PERSIST_W_VISIBILITY:
+        return persist_save_visibility(p, w->user, w->visibility);
+    case PERSIST_W_ENTRY:
+        return persist_save_entry(p, w->user, w->other, w->blocked, w->add);
+    case PERSIST_W_REPLACE:
+        return replace_rows(p, w->user, w->visibility, w->contacts, w->ncontacts, w->blocks,
+                            w->nblocks);
+    case PERSIST_W_LAST_SEEN:
+        for (size_t i = 0; i < w->nseen; i++) {
+            int rc =
+                persist_save_last_seen(p, w->seen[i].user, w->seen[i].last_seen, w->seen[i].device);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    default:
+        return PD_EINVAL;
+    }
+}
+
+/* One transaction for the whole group: all of it reaches the file, or none. */
+static int commit_group(persist_t *p, struct pw *group) {
+    size_t n = 0;
+    int rc = persist_begin(p);
+    for (struct pw *w = group; w; w = w->next, n++)
+        if (rc == 0)
+            rc = apply(p, &w->w);
+    if (rc == 0)
+        rc = persist_commit(p);
+    else
+        run(p, S_ROLLBACK, "rolling back");
+    if (rc)
+        PD_ERROR(p->log, "persist",
+                 "a group of %zu writes was not committed to %s: each of their callers got an "
+                 "error; the settings stay in effect in memory until a restart",
+                 n, p->path);
+    return rc ? PD_EIO : 0;
+}
+
+static void writer_main(void *arg) {
+    persist_t *p = arg;
+    uv_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->queue && !p->stop)
+            uv_cond_wait(&p->wake_writer, &p->mu);
+        if (!p->queue)
+            break; /* stopping, nothing left */
+        struct pw *group = p->queue;
+        struct pw **group_tail = p->queue_tail;
+        p->queue = NULL;
+        p->queue_tail = &p->queue;
+        p->busy = true;
+        uv_mutex_unlock(&p->mu);
+        int rc = commit_group(p, group);
+        for (struct pw *w = group; w; w = w->next)
+            w->err = rc;
+        uv_mutex_lock(&p->mu);
+        *p->done_tail = group;
+        p->done_tail = group_tail;
+        p->busy = false;
+        uv_cond_broadcast(&p->idle);
+        uv_async_send(&p->wake_loop);
+    }
+    uv_mutex_unlock(&p->mu);
+}
+
+/* On the loop: every finished write's callback, in the order they were queued. */
+static void deliver(persist_t *p) {
+    uv_mutex_lock(&p->mu);
+    struct pw *w = p->done;
+    p->done = NULL;
+    p->done_tail = &p->done;
+    uv_mutex_unlock(&p->mu);
+    while (w) {
+        struct pw *next = w->next;
+        p->nwrites--;
+        p->nbytes -= w->bytes;
+        if (w->cb)
+            w->cb(w->arg, w->err);
+        free(w);
+        w = next;
+    }
+    /* The loop stays alive while writes are owed an answer, not longer. */
+    if (!uv_is_closing((uv_handle_t *)&p->wake_loop)) {
+        if (p->nwrites)
+            uv_ref((uv_handle_t *)&p->wake_loop);
+        else
+            uv_unref((uv_handle_t *)&p->wake_loop);
+    }
+}
+
+static void on_wake_loop(uv_async_t *h) {
+    deliver(h->data);
+}
+
+int persist_start(persist_t *p, uv_loop_t *loop, const persist_limits_t *lim) {
+    p->loop = loop;
+    p->lim = lim ? *lim : (persist_limits_t){PERSIST_MAX_WRITES, PERSIST_MAX_BYTES};
+    p->queue_tail = &p->queue;
+    p->done_tail = &p->done;
+    if (uv_mutex_init(&p->mu))
+        return PD_ENOMEM;
+    if (uv_cond_init(&p->wake_writer))
+        goto err_mutex;
+    if (uv_cond_init(&p->idle))
+        goto err_cond;
+    if (uv_async_init(loop, &p->wake_loop, on_wake_loop))
+        goto err_idle;
+    p->wake_loop.data = p;
+    uv_unref((uv_handle_t *)&p->wake_loop);
+    if (uv_thread_create(&p->thread, writer_main, p)) {
+        PD_ERROR(p->log, "persist", "cannot start the writer thread for %s", p->path);
+        uv_close((uv_handle_t *)&p->wake_loop, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+        goto err_idle;
+    }
+    p->started = true;
+    return 0;
+err_idle:
+    uv_cond_destroy(&p->idle);
+err_cond:
+    uv_cond_destroy(&p->wake_writer);
+err_mutex:
+    uv_mutex_destroy(&p->mu);
+    return PD_EIO;
+}
+
+static size_t str_bytes(pd_str_t s) {
+    return s.s ? s.len + 1 : 0;
+}
+static size_t opt_bytes(const char *s) {
+    return s ? strlen(s) + 1 : 0;
+}
+
+/* Copies into the allocation's data, bumping *at. */
+static pd_str_t copy_str(char **at, pd_str_t s) {
+    if (!s.s)
+        return s;
+    char *d = *at;
+    memcpy(d, s.s, s.len);
+    d[s.len] = '\0';
+    *at += s.len + 1;
+    return (pd_str_t){d, s.len};
+}
+static const char *copy_opt(char **at, const char *s) {
+    if (!s)
+        return NULL;
+    return copy_str(at, (pd_str_t){s, strlen(s)}).s;
+}
+
+int persist_submit(persist_t *p, const persist_write_t *in, persist_done_cb cb, void *arg) {
+    /* Sizes first: the arrays (aligned, at the front of data), then the strings. */
+    size_t arrays =
+        (in->ncontacts + in->nblocks) * sizeof(pd_str_t) + in->nseen * sizeof(persist_seen_t);
+    size_t strings = str_bytes(in->user) + str_bytes(in->other) +
+                     opt_bytes(in->fields.custom_status) + opt_bytes(in->fields.activity);
+    for (size_t i = 0; i < in->ncontacts; i++)
+        strings += str_bytes(in->contacts[i]);
+    for (size_t i = 0; i < in->nblocks; i++)
+        strings += str_bytes(in->blocks[i]);
+    for (size_t i = 0; i < in->nseen; i++)
+        strings += str_bytes(in->seen[i].user) + opt_bytes(in->seen[i].device);
+    size_t bytes = sizeof(struct pw) + arrays + strings;
+    if (p->nwrites + 1 > p->lim.max_writes || p->nbytes + bytes > p->lim.max_bytes)
+        return PD_EUNAVAIL;
+    struct pw *w = malloc(bytes);
+    if (!w)
+        return PD_ENOMEM;
+    w->next = NULL;
+    w->cb = cb;
+    w->arg = arg;
+    w->bytes = bytes;
+    w->err = 0;
+    w->w = *in;
+    pd_str_t *contacts = (pd_str_t *)(void *)w->data;
+    pd_str_t *blocks = contacts + in->ncontacts;
+    persist_seen_t *seen = (persist_seen_t *)(void *)(blocks + in->nblocks);
+    char *at = w->data + arrays;
+    w->w.user = copy_str(&at, in->user);
+    w->w.other = copy_str(&at, in->other);
+    w->w.fields.custom_status = copy_opt(&at, in->fields.custom_status);
+    w->w.fields.activity = copy_opt(&at, in->fields.activity);
+    for (size_t i = 0; i < in->ncontacts; i++)
+        contacts[i] = copy_str(&at, in->contacts[i]);
+    for (size_t i = 0; i < in->nblocks; i++)
+        blocks[i] = copy_str(&at, in->blocks[i]);
+    for (size_t i = 0; i < in->nseen; i++)
+        seen[i] = (persist_seen_t){.user = copy_str(&at, in->seen[i].user),
+                                   .last_seen = in->seen[i].last_seen,
+                                   .device = copy_opt(&at, in->seen[i].device)};
+    w->w.contacts = contacts;
+    w->w.blocks = blocks;
+    w->w.seen = seen;
+    p->nwrites++;
+    p->nbytes += bytes;
+    uv_ref((uv_handle_t *)&p->wake_loop);
+    uv_mutex_lock(&p->mu);
+    *p->queue_tail = w;
+    p->queue_tail = &w->next;
+    uv_cond_signal(&p->wake_writer);
+    uv_mutex_unlock(&p->mu);
+    return 0;
+}
+
+void persist_drain(persist_t *p) {
+    if (!p || !p->started)
+        return;
+    /* A callback may queue more (a retry, a flush): until nothing is owed. */
+    while (p->nwrites) {
+        uv_mutex_lock(&p->mu);
+        while (p->queue || p->busy)
+            uv_cond_wait(&p->idle, &p->mu);
+        uv_mutex_unlock(&p->mu);
+        deliver(p);
+    }
+}
+
+void persist_set_limits(persist_t *p, const persist_limits_t *lim) {
+    p->lim = *lim;
+}
+
+size_t persist_pending(const persist_t *p) {
+    return p && p->started ? p->nwrites : 0;
+}
+
+static void writer_stop(persist_t *p) {
+    if (!p->started)
+        return;
+    persist_drain(p);
+    uv_mutex_lock(&p->mu);
+    p->stop = true;
+    uv_cond_signal(&p->wake_writer);
+    uv_mutex_unlock(&p->mu);
+    uv_thread_join(&p->thread);
+    /* main closes every handle (uv_walk) and runs the loop before this; a test may not. */
+    if (!uv_is_closing((uv_handle_t *)&p->wake_loop)) {
+        uv_close((uv_handle_t *)&p->wake_loop, NULL);
+        uv_run(p->loop, UV_RUN_NOWAIT);
+    }
+    uv_cond_destroy(&p->idle);
+    uv_cond_destroy(&p->wake_writer);
+    uv_mutex_destroy(&p->mu);
+    p->started = false;
 }

@@ -7,10 +7,8 @@
 #include "util/error.h"
 #include "util/istr.h"
 
-#define LAST_SEEN_FLUSH_MS 1000 /* write-behind period of last_seen */
-#define LAST_SEEN_FLUSH_MAX                                                                        \
-    20000 /* rows per flush: one flush blocks the loop ~20-40 ms at most                           \
-           */
+#define LAST_SEEN_FLUSH_MS  1000  /* write-behind period of last_seen */
+#define LAST_SEEN_FLUSH_MAX 20000 /* rows per flush: one write of the writer thread */
 
 struct ls_session {
     struct ls_session *next;
@@ -53,9 +51,11 @@ struct ls_user {
     const pd_istr_t *last_device;
     double last_seen;
     uint64_t version;
+    uint32_t pending; /* durable writes of this user not yet called back: kept till then */
     uint16_t nsessions;
     uint16_t id_len;
     uint8_t dirty;         /* last_seen not yet written */
+    uint8_t unsaved;       /* a write of this user failed: memory is ahead of the file */
     uint8_t server_status; /* a backend's claim (PD_ONLINE/AWAY/BUSY) merged with live
                               sessions; 0 when none */
     char id[];
@@ -105,6 +105,27 @@ struct store_local {
     struct ls_user **dirty;          /* users whose last_seen awaits the next flush */
     size_t ndirty, dirty_cap;
     wheel_timer_t flush_timer;
+    bool shut; /* store_shutdown ran: durable changes are refused (PD_ECLOSED) */
+};
+
+/* What a durable write calls back, on the loop, once its group is committed. */
+enum ls_write_kind {
+    LW_QUIET,    /* nobody to answer (an expiry) */
+    LW_DONE,     /* store_done_cb */
+    LW_PRESENCE, /* store_presence_cb, with the user's presence as of the commit */
+    LW_REPAIR,   /* a snapshot of a user whose earlier write failed */
+    LW_SEEN      /* a last_seen flush of nusers users */
+};
+
+struct ls_write {
+    struct store_local *st;
+    struct ls_user *u; /* held (u->pending) until the callback; NULL for LW_SEEN */
+    uint8_t kind;      /* enum ls_write_kind */
+    store_done_cb done;
+    store_presence_cb presence;
+    void *arg;
+    size_t nusers;
+    struct ls_user *users[]; /* LW_SEEN: each held */
 };
 
 /* What a watcher can see, to tell whether a change is visible. */
@@ -119,6 +140,10 @@ struct visible {
 };
 
 static void remove_member(struct store_local *st, struct lr_room *r, struct lr_member *m);
+static void maybe_evict(struct store_local *st, struct ls_user *u);
+static int submit(struct store_local *st, const persist_write_t *pw, struct ls_write *w);
+static int collect_set(const hmap_t *set, pd_str_t **out, uint32_t *n);
+static void privacy_free(struct ls_privacy *p);
 static int cmp_id(const char *a, size_t alen, const char *b, size_t blen);
 static void free_room_if_empty(struct store_local *st, struct lr_room *r);
 
@@ -177,37 +202,49 @@ static const char *last_device(const struct ls_user *u) {
     return latest ? latest->device->s : u->last_device ? u->last_device->s : NULL;
 }
 
-/* Writes the oldest LAST_SEEN_FLUSH_MAX dirty users (all of them at shutdown); the rest wait
- * for the next flush, so a burst (a checkpoint of many users) is spread over seconds. */
-static void flush_last_seen(struct store_local *st, bool all) {
+/* The oldest LAST_SEEN_FLUSH_MAX dirty users go to the writer as one write; the rest wait for
+ * the next flush, so a burst (a checkpoint of many users) is spread over seconds. A user
+ * stays held until the write is called back; one whose write failed is dirty again. */
+static int flush_last_seen(struct store_local *st) {
     if (!st->persist || st->ndirty == 0)
-        return;
-    size_t n = all || st->ndirty < LAST_SEEN_FLUSH_MAX ? st->ndirty : LAST_SEEN_FLUSH_MAX;
-    int rc = persist_begin(st->persist);
+        return 0;
+    size_t n = st->ndirty < LAST_SEEN_FLUSH_MAX ? st->ndirty : LAST_SEEN_FLUSH_MAX;
+    persist_seen_t *rows = malloc(sizeof(*rows) * n);
+    struct ls_write *w = malloc(sizeof(*w) + sizeof(w->users[0]) * n);
+    int rc = rows && w ? 0 : PD_ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         struct ls_user *u = st->dirty[i];
-        rc = persist_save_last_seen(st->persist, (pd_str_t){u->id, u->id_len}, u->last_seen,
-                                    last_device(u));
+        rows[i] = (persist_seen_t){
+            .user = {u->id, u->id_len}, .last_seen = u->last_seen, .device = last_device(u)};
+        w->users[i] = u;
     }
-    if (rc == 0)
-        rc = persist_commit(st->persist);
+    if (rc == 0) {
+        *w = (struct ls_write){.st = st, .kind = LW_SEEN, .nusers = n};
+        persist_write_t pw = {.kind = PERSIST_W_LAST_SEEN, .seen = rows, .nseen = n};
+        rc = submit(st, &pw, w); /* copies rows */
+    }
+    free(rows);
     if (rc) {
-        PD_WARN(st->log, "store", "last_seen of %zu users not saved; retrying later", st->ndirty);
+        free(w);
+        PD_WARN(st->log, "store", "last_seen of %zu users not queued (%s); retrying later",
+                st->ndirty, pd_strerror(rc));
         wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
-        return;
+        return rc;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         st->dirty[i]->dirty = 0;
+        st->dirty[i]->pending++;
+    }
     memmove(st->dirty, st->dirty + n, (st->ndirty - n) * sizeof(*st->dirty));
     st->ndirty -= n;
     if (st->ndirty)
         wheel_schedule(st->wheel, &st->flush_timer, pd_clock_ms(&st->clock) + LAST_SEEN_FLUSH_MS);
+    return 0;
 }
 
 static void flush_timer_fire(wheel_timer_t *t, uint64_t now) {
     (void)now;
-    flush_last_seen((struct store_local *)((char *)t - offsetof(struct store_local, flush_timer)),
-                    false);
+    flush_last_seen((struct store_local *)((char *)t - offsetof(struct store_local, flush_timer)));
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -327,6 +364,149 @@ static void finish_change(struct store_local *st, struct ls_user *u, struct visi
         st->base.listener.presence_changed(st->base.listener.ctx, p);
 }
 
+/* --- Durable writes: memory changes at once, the file through the writer thread ---
+ *
+ * A change is made in memory when it is asked for (so privacy holds at every instant and
+ * readers see it at once) and queued for the writer; the caller's callback runs once its group
+ * is committed. What can fail (a full queue) is tried before memory changes, so a refused
+ * change changed nothing. A write that fails leaves the user unsaved: memory is ahead of the
+ * file, and the user's next durable change first queues a snapshot of all their settings. */
+
+/* Looks exactly like a user never seen, to every reader. */
+static bool looks_unknown(const struct ls_user *u) {
+    return !u->sessions && !u->priv && !u->custom_status && !u->activity && !u->server_status &&
+           u->last_seen == 0 && !u->last_device;
+}
+
+/* A record that holds nothing worth keeping goes: the bound on users in memory is the users
+ * with sessions, settings, fields or a last_seen, plus those with writes in flight. */
+static void maybe_evict(struct store_local *st, struct ls_user *u) {
+    if (!looks_unknown(u) || u->pending || u->dirty || u->unsaved || u->expiry)
+        return;
+    hmap_remove(&st->users, &u->node);
+    st->by_status[PD_OFFLINE]--;
+    free(u);
+}
+
+/* Privacy back at the defaults costs nothing. */
+static void trim_privacy(struct ls_user *u) {
+    struct ls_privacy *p = u->priv;
+    if (p && p->visibility == PD_VIS_EVERYONE && p->contacts.count == 0 && p->blocked.count == 0) {
+        privacy_free(p);
+        u->priv = NULL;
+    }
+}
+
+static void write_done(void *arg, int err) {
+    struct ls_write *w = arg;
+    struct store_local *st = w->st;
+    if (w->kind == LW_SEEN) {
+        for (size_t i = 0; i < w->nusers; i++) {
+            struct ls_user *u = w->users[i];
+            u->pending--;
+            if (err)
+                mark_dirty(st, u); /* tried again with a later flush */
+            maybe_evict(st, u);
+        }
+        free(w);
+        return;
+    }
+    struct ls_user *u = w->u;
+    u->pending--;
+    if (err)
+        u->unsaved = 1;
+    if (w->kind == LW_REPAIR && !err)
+        u->unsaved = 0;
+    if (w->kind == LW_DONE && w->done) {
+        w->done(w->arg, err);
+    } else if (w->kind == LW_PRESENCE && w->presence) {
+        if (err) {
+            w->presence(w->arg, err, NULL);
+        } else {
+            pd_presence_t p;
+            const char *devs[PD_SESSIONS_PER_USER_MAX];
+            view(u, &p, devs);
+            w->presence(w->arg, 0, &p);
+        }
+    }
+    free(w);
+    maybe_evict(st, u);
+}
+
+static int submit(struct store_local *st, const persist_write_t *pw, struct ls_write *w) {
+    return persist_submit(st->persist, pw, write_done, w);
+}
+
+/* Queues pw for u; the callback of kind (done or presence) follows its commit. */
+static int submit_for(struct store_local *st, struct ls_user *u, const persist_write_t *pw,
+                      uint8_t kind, store_done_cb done, store_presence_cb presence, void *arg) {
+    struct ls_write *w = malloc(sizeof(*w));
+    if (!w)
+        return PD_ENOMEM;
+    *w = (struct ls_write){
+        .st = st, .u = u, .kind = kind, .done = done, .presence = presence, .arg = arg};
+    int rc = submit(st, pw, w);
+    if (rc) {
+        free(w);
+        return rc;
+    }
+    u->pending++;
+    return 0;
+}
+
+/* Before a durable change of u: refused after shutdown; an unsaved user's settings are queued
+ * whole first, so the file catches up with memory. */
+static int prepare_durable(struct store_local *st, struct ls_user *u) {
+    if (st->shut)
+        return PD_ECLOSED;
+    if (!u->unsaved)
+        return 0;
+    pd_str_t *contacts = NULL, *blocked = NULL;
+    uint32_t nc = 0, nb = 0;
+    if (u->priv && (collect_set(&u->priv->contacts, &contacts, &nc) ||
+                    collect_set(&u->priv->blocked, &blocked, &nb))) {
+        free(contacts);
+        return PD_ENOMEM;
+    }
+    pd_str_t me = {u->id, u->id_len};
+    persist_write_t priv = {.kind = PERSIST_W_REPLACE,
+                            .user = me,
+                            .visibility = u->priv ? u->priv->visibility : PD_VIS_EVERYONE,
+                            .contacts = contacts,
+                            .ncontacts = nc,
+                            .blocks = blocked,
+                            .nblocks = nb};
+    persist_write_t fields = {.kind = PERSIST_W_FIELDS,
+                              .user = me,
+                              .fields = {.custom_status = u->custom_status,
+                                         .custom_status_expires = u->custom_status_expires,
+                                         .activity = u->activity,
+                                         .activity_expires = u->activity_expires,
+                                         .server_status = u->server_status,
+                                         .server_status_expires = u->server_status_expires}};
+    int rc = submit_for(st, u, &priv, LW_QUIET, NULL, NULL, NULL);
+    if (rc == 0)
+        rc = submit_for(st, u, &fields, LW_REPAIR, NULL, NULL, NULL);
+    free(contacts);
+    free(blocked);
+    return rc;
+}
+
+/* The answer to a durable call that changed nothing: at once, unless writes of u are still in
+ * flight, whose commit it then waits for (an acknowledged setting is on disk). *deferred tells
+ * which; 0 or the error of the barrier (nothing happens then). */
+static int ack_unchanged(struct store_local *st, struct ls_user *u, uint8_t kind,
+                         store_done_cb done, store_presence_cb presence, void *arg,
+                         bool *deferred) {
+    *deferred = false;
+    if (!st->persist || !u->pending)
+        return 0;
+    persist_write_t barrier = {.kind = PERSIST_W_NONE};
+    int rc = submit_for(st, u, &barrier, kind, done, presence, arg);
+    *deferred = rc == 0;
+    return rc;
+}
+
 static void expiry_fire(wheel_timer_t *t, uint64_t now);
 
 /* Arms the user's one expiry timer for the earliest field deadline (or frees it). */
@@ -359,19 +539,6 @@ static int rearm_expiry(struct store_local *st, struct ls_user *u) {
     return 0;
 }
 
-static int save_fields(struct store_local *st, const struct ls_user *u, const char *cs,
-                       double cs_exp, const char *act, double act_exp, uint8_t ss, double ss_exp) {
-    if (!st->persist)
-        return 0;
-    persist_fields_t pf = {.custom_status = cs,
-                           .custom_status_expires = cs_exp,
-                           .activity = act,
-                           .activity_expires = act_exp,
-                           .server_status = ss,
-                           .server_status_expires = ss_exp};
-    return persist_save_fields(st->persist, (pd_str_t){u->id, u->id_len}, &pf);
-}
-
 /* The new value of a text field (KEEP: NULL here, the old value stays). */
 static char *dup_text(const store_text_t *t, bool *ok) {
     *ok = true;
@@ -391,15 +558,21 @@ static double new_expiry(uint8_t op, double given, double current) {
     return op == STORE_SET ? given : op == STORE_CLEAR ? 0 : current;
 }
 
-/* Applies user-level fields: written to the database first (when persistent), so a change
- * is acknowledged only once durable; nothing changes when that fails. *changed tells whether
- * a text a watcher sees changed (a new status claim shows through the aggregate). */
+/* Applies user-level fields. With a database, a change is queued first (nothing changes when
+ * that is refused) and *deferred tells that cb runs at its commit (or at the commit of the
+ * user's writes in flight, for fields that change nothing); else the caller answers. *changed
+ * tells whether a text a watcher sees changed (a new status claim shows through the
+ * aggregate). */
 static int apply_fields(struct store_local *st, struct ls_user *u, const store_user_fields_t *f,
-                        bool *changed) {
+                        bool *changed, bool *deferred, store_presence_cb cb, void *arg) {
     *changed = false;
+    *deferred = false;
     if (!f || (f->custom_status.op == STORE_KEEP && f->activity.op == STORE_KEEP &&
                f->server_status_op == STORE_KEEP))
         return 0;
+    int rc = st->persist ? prepare_durable(st, u) : 0;
+    if (rc)
+        return rc;
     bool ok1, ok2;
     bool keep_cs = f->custom_status.op == STORE_KEEP, keep_act = f->activity.op == STORE_KEEP;
     char *cs = dup_text(&f->custom_status, &ok1);
@@ -419,15 +592,32 @@ static int apply_fields(struct store_local *st, struct ls_user *u, const store_u
                                                       : u->server_status;
     double ss_exp =
         new_expiry(f->server_status_op, f->server_status_expires, u->server_status_expires);
-    *changed = !str_eq(new_cs, u->custom_status) || !str_eq(new_act, u->activity);
-    bool same = !*changed && cs_exp == u->custom_status_expires && act_exp == u->activity_expires &&
+    bool texts = !str_eq(new_cs, u->custom_status) || !str_eq(new_act, u->activity);
+    bool same = !texts && cs_exp == u->custom_status_expires && act_exp == u->activity_expires &&
                 ss == u->server_status && ss_exp == u->server_status_expires;
-    if (!same && save_fields(st, u, new_cs, cs_exp, new_act, act_exp, ss, ss_exp) != 0) {
+    if (same) {
         free(cs);
         free(act);
-        *changed = false;
-        return PD_EIO;
+        return ack_unchanged(st, u, LW_PRESENCE, NULL, cb, arg, deferred);
     }
+    if (st->persist) {
+        persist_write_t w = {.kind = PERSIST_W_FIELDS,
+                             .user = {u->id, u->id_len},
+                             .fields = {.custom_status = new_cs,
+                                        .custom_status_expires = cs_exp,
+                                        .activity = new_act,
+                                        .activity_expires = act_exp,
+                                        .server_status = ss,
+                                        .server_status_expires = ss_exp}};
+        rc = submit_for(st, u, &w, LW_PRESENCE, NULL, cb, arg);
+        if (rc) {
+            free(cs);
+            free(act);
+            return rc;
+        }
+        *deferred = true;
+    }
+    *changed = texts;
     if (!keep_cs) {
         free(u->custom_status);
         u->custom_status = cs;
@@ -469,12 +659,24 @@ static void expiry_fire(wheel_timer_t *t, uint64_t now) {
         u->server_status = 0;
         u->server_status_expires = 0;
     }
-    save_fields(st, u, u->custom_status, u->custom_status_expires, u->activity, u->activity_expires,
-                u->server_status, u->server_status_expires);
+    if (st->persist && !st->shut) {
+        /* Best effort: should it be refused or fail, a deadline that passed is dropped when
+         * the database is loaded anyway. */
+        persist_write_t w = {.kind = PERSIST_W_FIELDS,
+                             .user = {u->id, u->id_len},
+                             .fields = {.custom_status = u->custom_status,
+                                        .custom_status_expires = u->custom_status_expires,
+                                        .activity = u->activity,
+                                        .activity_expires = u->activity_expires,
+                                        .server_status = u->server_status,
+                                        .server_status_expires = u->server_status_expires}};
+        submit_for(st, u, &w, LW_QUIET, NULL, NULL, NULL);
+    }
     rearm_expiry(st, u);
     pd_presence_t p;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
     finish_change(st, u, &before, texts, &p, devs);
+    maybe_evict(st, u);
 }
 
 static void drop_session(struct store_local *st, struct ls_user *u, struct ls_session **link) {
@@ -505,16 +707,25 @@ static int ls_session_upsert(store_t *base, pd_str_t user, const store_session_t
         if (live >= PD_SESSIONS_PER_USER_MAX)
             return PD_ELIMIT;
     }
-    /* Fields first: they are the part that can fail (durably written), and then nothing
-     * at all has changed. */
+    /* What can fail first (allocations, then the fields, queued for the disk), so that a
+     * refused call changed nothing at all. */
+    const pd_istr_t *dev = istr_get(&st->labels, in->device, in->device_len);
+    struct ls_session *fresh = s || !dev ? NULL : calloc(1, sizeof(*fresh));
+    if (!dev || (!s && !fresh)) {
+        istr_put(&st->labels, dev);
+        maybe_evict(st, u);
+        return PD_ENOMEM;
+    }
     struct visible before;
     compute(st, u, &before, true);
-    bool fields_changed;
-    int rc = apply_fields(st, u, fields, &fields_changed);
-    const pd_istr_t *dev = rc ? NULL : istr_get(&st->labels, in->device, in->device_len);
-    if (!dev) {
+    bool fields_changed, deferred;
+    int rc = apply_fields(st, u, fields, &fields_changed, &deferred, cb, arg);
+    if (rc) {
         release_visible(st, &before);
-        return rc ? rc : PD_ENOMEM;
+        istr_put(&st->labels, dev);
+        free(fresh);
+        maybe_evict(st, u);
+        return rc;
     }
     if (!s) {
         /* The user is back: every lingering session of theirs ends now, unannounced. */
@@ -524,12 +735,7 @@ static int ls_session_upsert(store_t *base, pd_str_t user, const store_session_t
             else
                 l = &(*l)->next;
         }
-        s = calloc(1, sizeof(*s));
-        if (!s) {
-            istr_put(&st->labels, dev);
-            release_visible(st, &before);
-            return PD_ENOMEM;
-        }
+        s = fresh;
         s->sid = in->sid;
         s->next = u->sessions;
         u->sessions = s;
@@ -545,7 +751,7 @@ static int ls_session_upsert(store_t *base, pd_str_t user, const store_session_t
     pd_presence_t p;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
     finish_change(st, u, &before, fields_changed, &p, devs);
-    if (cb)
+    if (cb && !deferred)
         cb(arg, 0, &p);
     return 0;
 }
@@ -558,17 +764,19 @@ static int ls_user_update(store_t *base, pd_str_t user, const store_user_fields_
         return PD_ENOMEM;
     struct visible before;
     compute(st, u, &before, true);
-    bool fields_changed;
-    int rc = apply_fields(st, u, fields, &fields_changed);
+    bool fields_changed, deferred;
+    int rc = apply_fields(st, u, fields, &fields_changed, &deferred, cb, arg);
     if (rc) {
         release_visible(st, &before);
+        maybe_evict(st, u);
         return rc;
     }
     pd_presence_t p;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
     finish_change(st, u, &before, fields_changed, &p, devs);
-    if (cb)
+    if (cb && !deferred)
         cb(arg, 0, &p);
+    maybe_evict(st, u);
     return 0;
 }
 
@@ -703,8 +911,8 @@ static int ls_presence_get(store_t *base, pd_str_t requester, const pd_str_t *us
         goto err_free;
     for (size_t i = 0; i < n; i++) {
         struct ls_user *u = find_user(st, users[i]);
-        if (!u)
-            continue;
+        if (!u || looks_unknown(u))
+            continue; /* a record with nothing in it (writes in flight) is an unknown user */
         if (requester.s && !may_see(st, u, requester)) {
             hidden[nhidden++] = (pd_str_t){u->id, u->id_len};
             continue;
@@ -780,57 +988,99 @@ static void announce_privacy(struct store_local *st, struct ls_user *u) {
         st->base.listener.privacy_changed(st->base.listener.ctx, (pd_str_t){u->id, u->id_len});
 }
 
+static struct ls_name *name_new(pd_str_t id) {
+    struct ls_name *x = malloc(sizeof(*x) + id.len + 1);
+    if (x) {
+        x->len = (uint16_t)id.len;
+        memcpy(x->s, id.s, id.len);
+        x->s[id.len] = '\0';
+    }
+    return x;
+}
+
 static int ls_privacy_change(store_t *base, pd_str_t user, int op, uint8_t visibility,
                              pd_str_t other, uint32_t max_entries, store_done_cb cb, void *arg) {
     struct store_local *st = (struct store_local *)base;
+    if (op < STORE_PRIV_VISIBILITY || op > STORE_PRIV_UNBLOCK) {
+        if (cb)
+            cb(arg, PD_EINVAL);
+        return 0;
+    }
     struct ls_user *u = get_user(st, user);
-    struct ls_privacy *p = u ? get_privacy(u) : NULL;
-    if (!p)
+    if (!u)
         return PD_ENOMEM;
     pd_str_t me = {u->id, u->id_len};
     bool blocked_list = op == STORE_PRIV_BLOCK || op == STORE_PRIV_UNBLOCK;
-    hmap_t *set = blocked_list ? &p->blocked : &p->contacts;
-    int err = 0;
-    bool changed = false;
-    switch (op) {
-    case STORE_PRIV_VISIBILITY:
-        changed = p->visibility != visibility;
-        if (changed && st->persist)
-            err = persist_save_visibility(st->persist, me, visibility);
-        if (changed && !err)
-            p->visibility = visibility;
-        break;
-    case STORE_PRIV_ADD_CONTACT:
-    case STORE_PRIV_BLOCK:
-        if (set_has(st, set, other))
-            break;
-        if (set->count >= max_entries) {
-            err = PD_ELIMIT;
-            break;
-        }
-        if (st->persist)
-            err = persist_save_entry(st->persist, me, other, blocked_list, true);
-        if (!err)
-            err = set_add(st, set, other);
-        changed = !err;
-        break;
-    case STORE_PRIV_REMOVE_CONTACT:
-    case STORE_PRIV_UNBLOCK:
-        if (!set_has(st, set, other))
-            break;
-        if (st->persist)
-            err = persist_save_entry(st->persist, me, other, blocked_list, false);
-        if (!err)
-            changed = set_remove(st, set, other);
-        break;
-    default:
-        err = PD_EINVAL;
+    bool adding = op == STORE_PRIV_ADD_CONTACT || op == STORE_PRIV_BLOCK;
+    /* Decided on the current settings, without allocating any for a change of nothing. */
+    struct ls_privacy *cur = u->priv;
+    const hmap_t *cur_set = !cur ? NULL : blocked_list ? &cur->blocked : &cur->contacts;
+    bool listed = cur_set && set_has(st, cur_set, other);
+    bool changed = op == STORE_PRIV_VISIBILITY
+                       ? (cur ? cur->visibility : PD_VIS_EVERYONE) != visibility
+                       : adding != listed;
+    int rc = 0;
+    if (changed && adding && (cur_set ? cur_set->count : 0) >= max_entries) {
+        if (cb)
+            cb(arg, PD_ELIMIT);
+        maybe_evict(st, u);
+        return 0;
     }
-    if (changed)
-        announce_privacy(st, u);
-    if (cb)
-        cb(arg, err);
+    rc = st->persist ? prepare_durable(st, u) : 0;
+    if (rc)
+        goto err_evict;
+    if (!changed) {
+        bool deferred;
+        rc = ack_unchanged(st, u, LW_DONE, cb, NULL, arg, &deferred);
+        if (rc)
+            goto err_evict;
+        if (cb && !deferred)
+            cb(arg, 0);
+        maybe_evict(st, u);
+        return 0;
+    }
+    /* Allocations, then the queued write, then memory: a refusal changes nothing. */
+    struct ls_privacy *p = op == STORE_PRIV_VISIBILITY || adding ? get_privacy(u) : cur;
+    struct ls_name *x = p && adding ? name_new(other) : NULL;
+    if (!p || (adding && !x)) {
+        free(x);
+        rc = PD_ENOMEM;
+        goto err_trim;
+    }
+    if (st->persist) {
+        persist_write_t w = op == STORE_PRIV_VISIBILITY
+                                ? (persist_write_t){.kind = PERSIST_W_VISIBILITY,
+                                                    .user = me,
+                                                    .visibility = visibility}
+                                : (persist_write_t){.kind = PERSIST_W_ENTRY,
+                                                    .user = me,
+                                                    .other = other,
+                                                    .blocked = blocked_list,
+                                                    .add = adding};
+        rc = submit_for(st, u, &w, LW_DONE, cb, NULL, arg);
+        if (rc) {
+            free(x);
+            goto err_trim;
+        }
+    }
+    hmap_t *set = blocked_list ? &p->blocked : &p->contacts;
+    if (op == STORE_PRIV_VISIBILITY)
+        p->visibility = visibility;
+    else if (adding)
+        hmap_insert(set, &x->node, pd_hash(st->key, other.s, other.len));
+    else
+        set_remove(st, set, other);
+    trim_privacy(u);
+    announce_privacy(st, u);
+    if (cb && !st->persist)
+        cb(arg, 0);
+    maybe_evict(st, u);
     return 0;
+err_trim:
+    trim_privacy(u);
+err_evict:
+    maybe_evict(st, u);
+    return rc;
 }
 
 static int ls_privacy_replace(store_t *base, pd_str_t user, const store_privacy_t *np,
@@ -845,16 +1095,16 @@ static int ls_privacy_replace(store_t *base, pd_str_t user, const store_privacy_
     if (!u)
         return PD_ENOMEM;
     pd_str_t me = {u->id, u->id_len};
-    if (st->persist && persist_replace_privacy(st->persist, me, np->visibility, np->contacts,
-                                               np->ncontacts, np->blocked, np->nblocked) != 0) {
-        if (cb)
-            cb(arg, PD_EIO);
-        return 0;
+    int err = st->persist ? prepare_durable(st, u) : 0;
+    if (err) {
+        maybe_evict(st, u);
+        return err;
     }
+    /* The new settings are built aside, then queued, then swapped in. */
     struct ls_privacy *old = u->priv;
     u->priv = NULL;
     struct ls_privacy *p = get_privacy(u);
-    int err = p ? 0 : PD_ENOMEM;
+    err = p ? 0 : PD_ENOMEM;
     if (p) {
         p->visibility = np->visibility;
         for (uint32_t i = 0; !err && i < np->ncontacts; i++)
@@ -862,22 +1112,35 @@ static int ls_privacy_replace(store_t *base, pd_str_t user, const store_privacy_
         for (uint32_t i = 0; !err && i < np->nblocked; i++)
             err = set_add(st, &p->blocked, np->blocked[i]);
     }
+    if (!err && st->persist) {
+        persist_write_t w = {.kind = PERSIST_W_REPLACE,
+                             .user = me,
+                             .visibility = np->visibility,
+                             .contacts = np->contacts,
+                             .ncontacts = np->ncontacts,
+                             .blocks = np->blocked,
+                             .nblocks = np->nblocked};
+        err = submit_for(st, u, &w, LW_DONE, cb, NULL, arg);
+    }
     if (err) {
         privacy_free(u->priv);
         u->priv = old;
+        maybe_evict(st, u);
         return err;
     }
     privacy_free(old);
+    trim_privacy(u);
     announce_privacy(st, u);
-    if (cb)
+    if (cb && !st->persist)
         cb(arg, 0);
+    maybe_evict(st, u);
     return 0;
 }
 
 static int ls_explain(store_t *base, pd_str_t user, store_explain_cb cb, void *arg) {
     struct store_local *st = (struct store_local *)base;
     struct ls_user *u = find_user(st, user);
-    if (!u) {
+    if (!u || looks_unknown(u)) {
         cb(arg, PD_ENOTFOUND, NULL);
         return 0;
     }
@@ -937,6 +1200,15 @@ static void ls_unwatch(store_t *base, pd_str_t user) {
     (void)user;
 }
 
+/* Every durable call still in flight is answered now, with its real result (the writer
+ * commits what is queued; the loop waits for it here, once, at exit); later durable calls are
+ * refused with PD_ECLOSED. */
+static void ls_shutdown(store_t *base) {
+    struct store_local *st = (struct store_local *)base;
+    persist_drain(st->persist);
+    st->shut = true;
+}
+
 static void ls_destroy(store_t *base) {
     struct store_local *st = (struct store_local *)base;
     /* Everything still only in memory reaches the database before the process goes. */
@@ -945,7 +1217,17 @@ static void ls_destroy(store_t *base) {
         if (u->sessions)
             touch_last_seen(st, u); /* sessions still open: now is their last sign of life */
     }
-    flush_last_seen(st, true);
+    persist_drain(st->persist);
+    /* In flushes the queue's bounds admit; a flush that fails makes its users dirty again:
+     * three in a row without progress and the rest is given up (and said so). */
+    for (int stuck = 0; st->ndirty && stuck < 3;) {
+        size_t before = st->ndirty;
+        flush_last_seen(st);
+        persist_drain(st->persist);
+        stuck = st->ndirty < before ? 0 : stuck + 1;
+    }
+    if (st->ndirty)
+        PD_ERROR(st->log, "store", "last_seen of %zu users could not be saved at exit", st->ndirty);
     wheel_cancel(st->wheel, &st->flush_timer);
     free(st->dirty);
     hmap_node_t *n = hmap_first(&st->users);
@@ -1388,6 +1670,7 @@ static const store_ops_t local_ops = {
     .name = "local",
     .stats = ls_stats,
     .seen = ls_seen,
+    .shutdown = ls_shutdown,
     .session_upsert = ls_session_upsert,
     .user_update = ls_user_update,
     .session_remove = ls_session_remove,
@@ -1479,11 +1762,21 @@ store_t *store_local_new(const pd_hashkey_t *key, wheel_t *wheel, const pd_clock
     return &st->base;
 }
 
-int store_local_load(store_t *base, persist_t *persist, pd_log_t *log) {
+int store_local_load(store_t *base, persist_t *persist, pd_log_t *log, uv_loop_t *loop) {
     struct store_local *st = (struct store_local *)base;
     st->log = log;
     persist_loader_t l = {.ctx = st, .user = load_user, .entry = load_entry};
     int rc = persist_load(persist, &l);
+    if (rc)
+        return rc;
+    /* Rows that hold nothing (settings back at their defaults) are not kept in memory. */
+    for (hmap_node_t *n = hmap_first(&st->users); n;) {
+        hmap_node_t *next = hmap_next(&st->users, n);
+        trim_privacy((struct ls_user *)n);
+        maybe_evict(st, (struct ls_user *)n);
+        n = next;
+    }
+    rc = persist_start(persist, loop, NULL);
     if (rc)
         return rc;
     st->persist = persist; /* after loading: loading itself writes nothing back */

@@ -753,6 +753,7 @@ typedef struct sfx {
     pd_hashkey_t key;
     store_t *st;
     persist_t *p;
+    uv_loop_t loop; /* where the writer's results arrive */
     int privacy_events;
 } sfx_t;
 
@@ -783,20 +784,30 @@ static void store_up(fx_t *f, sfx_t *s, double wall) {
     assert_non_null(s->st);
     store_listen_presence(s->st, s, sfx_presence, NULL, sfx_privacy, NULL);
     s->p = open_ok(f, f->data);
-    assert_int_equal(store_local_load(s->st, s->p, &f->log), 0);
+    assert_int_equal(uv_loop_init(&s->loop), 0);
+    assert_int_equal(store_local_load(s->st, s->p, &f->log, &s->loop), 0);
 }
 
 static void store_down(sfx_t *s) {
+    store_shutdown(s->st);
     store_destroy(s->st);
     assert_int_equal(s->wheel.count, 0);
     wheel_destroy(&s->wheel);
     persist_close(s->p);
+    assert_int_equal(uv_loop_close(&s->loop), 0);
+}
+
+/* Runs the loop until every queued write is committed and called back. */
+static void settle(sfx_t *s) {
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    assert_int_equal(persist_pending(s->p), 0);
 }
 
 static void advance(sfx_t *s, uint64_t ms) {
     s->ms += ms;
     s->wall += (double)ms / 1000.0;
     wheel_advance(&s->wheel, s->ms);
+    settle(s); /* a flush of last_seen is written by the writer thread */
 }
 
 static int done_err;
@@ -807,11 +818,14 @@ static void on_done(void *arg, int err) {
     done_err = err;
 }
 
+/* A change: answered only once committed, never from inside the call. */
 static void change(sfx_t *s, const char *user, int op, uint8_t vis, const char *other) {
     int before = done_calls;
     assert_int_equal(store_privacy_change(s->st, S(user), op, vis, other ? S(other) : S(""), 5000,
                                           on_done, NULL),
                      0);
+    assert_int_equal(done_calls, before);
+    settle(s);
     assert_int_equal(done_calls, before + 1);
     assert_int_equal(done_err, 0);
 }
@@ -929,6 +943,7 @@ static void test_store_survives_reload(void **state) {
                               .custom_status_expires = T0_WALL + 60,
                               .activity = {.op = STORE_SET, .s = "focus", .len = 5}};
     assert_int_equal(store_session_upsert(s->st, S("nina"), &ns, &nf, on_presence_cb, NULL), 0);
+    settle(s);
 
     /* last_seen is written behind: not in the file before the flush, there after 1 s. */
     assert_string_equal(db_last_seen(f, "alice"), "0.000 null");
@@ -983,6 +998,7 @@ static void test_store_survives_reload(void **state) {
                           .nblocked = 1};
     done_calls = 0;
     assert_int_equal(store_privacy_replace(s->st, S("nina"), &np, 5000, on_done, NULL), 0);
+    settle(s);
     assert_int_equal(done_calls, 1);
     assert_int_equal(done_err, 0);
     store_down(s);
@@ -1014,12 +1030,279 @@ static void test_store_refuses_limit_and_keeps_file(void **state) {
         assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S(id),
                                               2, on_done, NULL),
                          0);
+        settle(s);
         assert_int_equal(done_calls, 1);
         assert_int_equal(done_err, i < 2 ? 0 : PD_ELIMIT);
     }
     store_down(s);
     store_up(f, s, T0_WALL);
     assert_string_equal(privacy_of(s, "alice"), "everyone|c0,c1|");
+    store_down(s);
+    free(s);
+}
+
+/* ---- the writer thread: the loop never waits for the disk ---- */
+
+/* user's contacts ("c") and blocks ("b") straight from the file: "c:bob,c:carol,b:mallory"
+ * in key order ("" when none). */
+static const char *db_entries(fx_t *f, const char *user) {
+    static char out[4096];
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open_v2(f->dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT blocked, other FROM privacy_entries WHERE user = "
+                                        "?1 ORDER BY blocked, other",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+    out[0] = '\0';
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (out[0])
+            strcat(out, ",");
+        strcat(out, sqlite3_column_int(st, 0) ? "b:" : "c:");
+        strncat(out, (const char *)sqlite3_column_text(st, 1), 200);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+}
+
+/* Answers in the order given, each checking that its change is in the file by then. */
+typedef struct ack {
+    fx_t *f;
+    const char *user;
+    const char *want_file; /* in db_entries(user) when the answer comes */
+    int *order;            /* where the answer writes its rank */
+} ack_t;
+static int ack_rank;
+static int ack_err;
+static void on_ack(void *arg, int err) {
+    ack_t *a = arg;
+    ack_err = err;
+    *a->order = ++ack_rank;
+    if (a->want_file)
+        assert_non_null(strstr(db_entries(a->f, a->user), a->want_file));
+}
+
+static void test_store_answers_after_commit_memory_at_once(void **state) {
+    fx_t *f = *state;
+    sfx_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    store_up(f, s, T0_WALL);
+    int r1 = 0, r2 = 0, r3 = 0;
+    ack_t a1 = {f, "alice", "c:bob", &r1}, a2 = {f, "alice", "b:mallory", &r2},
+          a3 = {f, "alice", "b:mallory", &r3};
+    ack_rank = 0;
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S("bob"),
+                                          5000, on_ack, &a1),
+                     0);
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_BLOCK, 0, S("mallory"),
+                                          5000, on_ack, &a2),
+                     0);
+    /* In memory at once, for every reader (mallory is hidden from now on); answered later. */
+    assert_string_equal(privacy_of(s, "alice"), "everyone|bob|mallory");
+    assert_string_equal(presence_for(s, "mallory", "alice"), "");
+    assert_int_equal(s->privacy_events, 2);
+    assert_int_equal(ack_rank, 0);
+    settle(s);
+    assert_int_equal(r1, 1);
+    assert_int_equal(r2, 2);
+    /* A change of nothing while a write of the user is in flight waits for that write: its
+     * answer, too, means "on disk". */
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_REMOVE_CONTACT, 0, S("bob"),
+                                          5000, on_ack, &a3),
+                     0);
+    int r4 = 0;
+    ack_t a4 = {f, "alice", "b:mallory", &r4};
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_REMOVE_CONTACT, 0, S("bob"),
+                                          5000, on_ack, &a4),
+                     0);
+    assert_int_equal(ack_rank, 2);
+    settle(s);
+    assert_int_equal(r3, 3);
+    assert_int_equal(r4, 4);
+    assert_string_equal(db_entries(f, "alice"), "b:mallory");
+    /* Nothing in flight: a change of nothing is answered at once. */
+    int r5 = 0;
+    ack_t a5 = {f, "alice", NULL, &r5};
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_REMOVE_CONTACT, 0, S("bob"),
+                                          5000, on_ack, &a5),
+                     0);
+    assert_int_equal(r5, 5);
+    store_down(s);
+    free(s);
+}
+
+static void test_store_group_commit_many(void **state) {
+    fx_t *f = *state;
+    sfx_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    store_up(f, s, T0_WALL);
+    /* A flood of changes is queued without waiting for any disk; all of it is answered, in
+     * order, and all of it is in the file. */
+    done_calls = 0;
+    for (int i = 0; i < 2000; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "u%04d", i / 2);
+        int op = i % 2 ? STORE_PRIV_REMOVE_CONTACT : STORE_PRIV_ADD_CONTACT;
+        if (i >= 1990)
+            op = STORE_PRIV_ADD_CONTACT;
+        assert_int_equal(store_privacy_change(s->st, S("alice"), op, 0, S(id), 5000, on_done, NULL),
+                         0);
+    }
+    assert_true(done_calls < 2000); /* nothing waited for the disk inside the calls */
+    settle(s);
+    assert_int_equal(done_calls, 2000);
+    assert_int_equal(done_err, 0);
+    assert_string_equal(db_entries(f, "alice"), "c:u0995,c:u0996,c:u0997,c:u0998,c:u0999");
+    store_down(s);
+    store_up(f, s, T0_WALL);
+    assert_string_equal(privacy_of(s, "alice"), "everyone|u0995,u0996,u0997,u0998,u0999|");
+    store_down(s);
+    free(s);
+}
+
+static void test_store_queue_full_refuses(void **state) {
+    fx_t *f = *state;
+    sfx_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    store_up(f, s, T0_WALL);
+    persist_set_limits(s->p, &(persist_limits_t){.max_writes = 3, .max_bytes = 1u << 20});
+    done_calls = 0;
+    const char *ids[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0,
+                                              S(ids[i]), 5000, on_done, NULL),
+                         0);
+    /* Full: refused at once (retryable), no callback, and nothing changed. */
+    int events = s->privacy_events;
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S("d"),
+                                          5000, on_done, NULL),
+                     PD_EUNAVAIL);
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_VISIBILITY, PD_VIS_NOBODY,
+                                          S(""), 5000, on_done, NULL),
+                     PD_EUNAVAIL);
+    store_user_fields_t fields = {.custom_status = {.op = STORE_SET, .s = "x", .len = 1}};
+    assert_int_equal(store_user_update(s->st, S("alice"), &fields, on_presence_cb, NULL),
+                     PD_EUNAVAIL);
+    assert_int_equal(s->privacy_events, events);
+    assert_string_equal(privacy_of(s, "alice"), "everyone|a,b,c|");
+    assert_string_equal(presence_for(s, NULL, "alice"), "offline|null|null||0.000");
+    /* A bound in bytes as well. */
+    settle(s);
+    assert_int_equal(done_calls, 3);
+    persist_set_limits(s->p, &(persist_limits_t){.max_writes = 100, .max_bytes = 64});
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S("d"),
+                                          5000, on_done, NULL),
+                     PD_EUNAVAIL);
+    /* Room again: accepted. */
+    persist_set_limits(s->p, &(persist_limits_t){.max_writes = 3, .max_bytes = 1u << 20});
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S("d"),
+                                          5000, on_done, NULL),
+                     0);
+    settle(s);
+    assert_int_equal(done_calls, 4);
+    assert_string_equal(db_entries(f, "alice"), "c:a,c:b,c:c,c:d");
+    store_down(s);
+    free(s);
+}
+
+static void exec_sql(fx_t *f, const char *sql) {
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open_v2(f->dbpath, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+static void test_store_write_error_surfaced_and_repaired(void **state) {
+    fx_t *f = *state;
+    sfx_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    store_up(f, s, T0_WALL);
+    change(s, "alice", STORE_PRIV_ADD_CONTACT, 0, "bob");
+    /* The disk refuses the next group (a trigger stands in for a failing disk). */
+    exec_sql(f, "CREATE TRIGGER poison BEFORE INSERT ON privacy_entries WHEN NEW.other = "
+                "'poison' BEGIN SELECT RAISE(ABORT, 'the disk said no'); END;");
+    done_calls = 0;
+    done_err = 0;
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S("poison"),
+                                          5000, on_done, NULL),
+                     0);
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_BLOCK, 0, S("mallory"),
+                                          5000, on_done, NULL),
+                     0);
+    settle(s);
+    /* Both writes were in the failed group or the next: the first surely failed, and said so. */
+    assert_int_equal(done_calls, 2);
+    assert_non_null(strstr(f->logbuf ? f->logbuf : "", "was not committed"));
+    fflush(f->log.out);
+    assert_non_null(strstr(f->logbuf, "the disk said no"));
+    /* Memory keeps the settings in effect (privacy holds); the file lacks the failed ones. */
+    assert_string_equal(privacy_of(s, "alice"), "everyone|bob,poison|mallory");
+    exec_sql(f, "DROP TRIGGER poison");
+    /* The user's next change writes all of their settings: the file catches up. */
+    change(s, "alice", STORE_PRIV_ADD_CONTACT, 0, "carol");
+    assert_string_equal(db_entries(f, "alice"), "c:bob,c:carol,c:poison,b:mallory");
+    store_down(s);
+    free(s);
+}
+
+static void test_store_shutdown_answers_everything(void **state) {
+    fx_t *f = *state;
+    sfx_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    store_up(f, s, T0_WALL);
+    done_calls = 0;
+    for (int i = 0; i < 50; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "c%02d", i);
+        assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S(id),
+                                              5000, on_done, NULL),
+                         0);
+    }
+    /* Without running the loop: shutdown waits for the writer and answers every call. */
+    store_shutdown(s->st);
+    assert_int_equal(done_calls, 50);
+    assert_int_equal(done_err, 0);
+    /* Later durable calls are refused; reads still answer. */
+    assert_int_equal(store_privacy_change(s->st, S("alice"), STORE_PRIV_ADD_CONTACT, 0, S("z"),
+                                          5000, on_done, NULL),
+                     PD_ECLOSED);
+    assert_int_equal(done_calls, 50);
+    store_destroy(s->st);
+    wheel_destroy(&s->wheel);
+    persist_close(s->p);
+    assert_int_equal(uv_loop_close(&s->loop), 0);
+    store_up(f, s, T0_WALL);
+    assert_int_equal(strlen(db_entries(f, "alice")), 50 * 6 - 1);
+    store_down(s);
+    free(s);
+}
+
+static void test_store_evicts_blank_users_persistent(void **state) {
+    fx_t *f = *state;
+    sfx_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    store_up(f, s, T0_WALL);
+    /* Settings given and taken back: while the writes fly, the user reads as unknown; once
+     * called back, the record is gone; the file holds nothing of them either way. */
+    change(s, "ghost", STORE_PRIV_VISIBILITY, PD_VIS_NOBODY, NULL);
+    assert_int_equal(store_privacy_change(s->st, S("ghost"), STORE_PRIV_VISIBILITY, PD_VIS_EVERYONE,
+                                          S(""), 5000, on_done, NULL),
+                     0);
+    assert_string_equal(presence_for(s, NULL, "ghost"), "");
+    settle(s);
+    store_stats_t st;
+    assert_int_equal(s->st->ops->stats(s->st, &st), 0);
+    assert_int_equal(st.users[PD_OFFLINE], 0);
+    store_down(s);
+    store_up(f, s, T0_WALL);
+    assert_int_equal(s->st->ops->stats(s->st, &st), 0);
+    assert_int_equal(st.users[PD_OFFLINE], 0); /* its row (visibility 0) is not loaded */
     store_down(s);
     free(s);
 }
@@ -1036,6 +1319,12 @@ int main(void) {
         T(test_unwritable_refused),
         T(test_store_survives_reload),
         T(test_store_refuses_limit_and_keeps_file),
+        T(test_store_answers_after_commit_memory_at_once),
+        T(test_store_group_commit_many),
+        T(test_store_queue_full_refuses),
+        T(test_store_write_error_surfaced_and_repaired),
+        T(test_store_shutdown_answers_everything),
+        T(test_store_evicts_blank_users_persistent),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

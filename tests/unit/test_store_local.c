@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "presence/presence.h"
+#include "privacy/privacy.h"
 #include "store/store.h"
 #include "store/store_local.h"
 #include "util/clock.h"
@@ -885,6 +886,153 @@ static void test_many_users(void **state) {
     }
 }
 
+/* ---- memory: ids that were only asked about cost nothing ---- */
+
+static int cb_done_calls, cb_done_err;
+static void cb_done(void *arg, int err) {
+    (void)arg;
+    cb_done_calls++;
+    cb_done_err = err;
+}
+static int explain_err;
+static void cb_explain(void *arg, int err, const store_explain_t *x) {
+    (void)arg;
+    (void)x;
+    explain_err = err;
+}
+static uint8_t seen_bit;
+static void cb_bits(void *arg, int err, const uint8_t *visible) {
+    (void)arg;
+    assert_int_equal(err, 0);
+    seen_bit = visible[0];
+}
+static char priv_answer[64];
+static void cb_privacy(void *arg, int err, const store_privacy_t *p) {
+    (void)arg;
+    assert_int_equal(err, 0);
+    snprintf(priv_answer, sizeof(priv_answer), "%d|%u|%u", p->visibility, p->ncontacts,
+             p->nblocked);
+}
+static size_t bulk_n, bulk_hidden;
+static void cb_bulk_count(void *arg, int err, const pd_presence_t *ps, size_t n,
+                          const pd_str_t *hidden, size_t nhidden) {
+    (void)arg;
+    (void)ps;
+    (void)hidden;
+    assert_int_equal(err, 0);
+    bulk_n = n;
+    bulk_hidden = nhidden;
+}
+
+static uint64_t records(fx_t *f) {
+    store_stats_t s;
+    assert_int_equal(f->st->ops->stats(f->st, &s), 0);
+    return s.users[PD_OFFLINE] + s.users[PD_AWAY] + s.users[PD_ONLINE] + s.users[PD_BUSY];
+}
+
+/* What every reader gets about id: "<presence: n,hidden>|<privacy>|<explain>|<can_see>". */
+static const char *answers(fx_t *f, pd_str_t id) {
+    static char out[160];
+    pd_str_t asker = S("alice");
+    assert_int_equal(store_presence_get(f->st, NOBODY, &id, 1, cb_bulk_count, f), 0);
+    size_t n_any = bulk_n;
+    assert_int_equal(store_presence_get(f->st, asker, &id, 1, cb_bulk_count, f), 0);
+    assert_int_equal(store_privacy_get(f->st, id, cb_privacy, f), 0);
+    assert_int_equal(store_explain(f->st, id, cb_explain, f), 0);
+    assert_int_equal(store_can_see(f->st, id, &asker, 1, cb_bits, f), 0);
+    snprintf(out, sizeof(out), "%zu,%zu,%zu|%s|%d|%u", n_any, bulk_n, bulk_hidden, priv_answer,
+             explain_err, seen_bit);
+    return out;
+}
+
+/* Every call a client can make about (or as) an id that never connects. */
+static void touch_never_seen(fx_t *f, pd_str_t id) {
+    pd_str_t alice = S("alice");
+    pd_str_t z = S("zed");
+    assert_int_equal(store_presence_get(f->st, alice, &id, 1, cb_bulk_count, f), 0);
+    assert_int_equal(store_can_see(f->st, id, &alice, 1, cb_bits, f), 0);
+    assert_int_equal(store_privacy_get(f->st, id, cb_privacy, f), 0);
+    assert_int_equal(store_explain(f->st, id, cb_explain, f), 0);
+    assert_int_equal(store_watch(f->st, id), 0);
+    store_unwatch(f->st, id);
+    /* As someone's contact or blocked user: the referrer's list holds the id. */
+    assert_int_equal(
+        store_privacy_change(f->st, alice, STORE_PRIV_ADD_CONTACT, 0, id, 5000, cb_done, f), 0);
+    assert_int_equal(
+        store_privacy_change(f->st, alice, STORE_PRIV_REMOVE_CONTACT, 0, id, 5000, cb_done, f), 0);
+    /* As the user: changes of nothing, and settings given and taken back. */
+    assert_int_equal(
+        store_privacy_change(f->st, id, STORE_PRIV_REMOVE_CONTACT, 0, z, 5000, cb_done, f), 0);
+    assert_int_equal(store_privacy_change(f->st, id, STORE_PRIV_VISIBILITY, PD_VIS_EVERYONE, z,
+                                          5000, cb_done, f),
+                     0);
+    assert_int_equal(store_privacy_change(f->st, id, STORE_PRIV_BLOCK, 0, z, 5000, cb_done, f), 0);
+    assert_int_equal(store_privacy_change(f->st, id, STORE_PRIV_UNBLOCK, 0, z, 5000, cb_done, f),
+                     0);
+    store_privacy_t none = {.visibility = PD_VIS_EVERYONE};
+    assert_int_equal(store_privacy_replace(f->st, id, &none, 5000, cb_done, f), 0);
+    store_user_fields_t clear = {.custom_status = CLEAR, .activity = CLEAR};
+    assert_int_equal(store_user_update(f->st, id, &clear, cb_presence, f), 0);
+    store_user_fields_t set = {.activity = SET("focus")};
+    assert_int_equal(store_user_update(f->st, id, &set, cb_presence, f), 0);
+    assert_int_equal(store_user_update(f->st, id, &clear, cb_presence, f), 0);
+    store_user_fields_t server = {.server_status_op = STORE_SET, .server_status = PD_BUSY};
+    store_user_fields_t server_off = {.server_status_op = STORE_CLEAR};
+    assert_int_equal(store_user_update(f->st, id, &server, cb_presence, f), 0);
+    assert_int_equal(store_user_update(f->st, id, &server_off, cb_presence, f), 0);
+}
+
+static void test_never_seen_ids_cost_nothing(void **state) {
+    fx_t *f = *state;
+    store_listen_presence(f->st, NULL, NULL, NULL, NULL, NULL);
+    /* What must be kept: a live user, one with settings, one once connected (last_seen), one
+     * with a field set by a backend. */
+    assert_int_equal(upsert(f, "alice", 1, "web", PD_ONLINE), 0);
+    pd_str_t b = S("bob"), m = S("mallory");
+    assert_int_equal(store_privacy_change(f->st, b, STORE_PRIV_BLOCK, 0, m, 5000, cb_done, f), 0);
+    assert_int_equal(upsert(f, "carol", 2, "mobile", PD_AWAY), 0);
+    assert_int_equal(rm(f, "carol", 2, STORE_REMOVE_NOW), 0);
+    store_user_fields_t cs = {.custom_status = SET("on leave")};
+    assert_int_equal(user_update(f, "dave", &cs), 0);
+    const uint64_t kept = records(f);
+    assert_int_equal(kept, 4);
+    const char *carol_before = answers(f, S("carol"));
+    char carol[160];
+    snprintf(carol, sizeof(carol), "%s", carol_before);
+
+    /* Long ids, as --dev-auth lets a client pick: 100,000 of them, a dozen calls each. */
+    char id[PD_USER_ID_MAX + 1];
+    char untouched[160];
+    snprintf(untouched, sizeof(untouched), "%s", answers(f, S("never-touched")));
+    for (int i = 0; i < 100000; i++) {
+        int len = snprintf(id, sizeof(id), "never-seen-%06d-", i);
+        memset(id + len, 'x', PD_USER_ID_MAX - (size_t)len);
+        id[PD_USER_ID_MAX] = '\0';
+        pd_str_t sid = {id, PD_USER_ID_MAX};
+        touch_never_seen(f, sid);
+        assert_int_equal(cb_done_err, 0);
+        if (i % 10000 == 0) {
+            assert_int_equal(records(f), kept);
+            /* An id that went through all of it reads exactly as one nobody mentioned. */
+            assert_string_equal(answers(f, sid), untouched);
+        }
+    }
+    assert_int_equal(records(f), kept);
+    assert_string_equal(untouched, "0,0,0|0|0|0|-8|1");
+    /* The kept ones answer as before. */
+    assert_string_equal(answers(f, S("carol")), carol);
+    assert_non_null(get1(f, "carol"));
+    assert_string_equal(get1(f, "dave")->custom, "on leave");
+    assert_string_equal(answers(f, S("bob")), "1,1,0|0|0|1|0|1");
+    /* Settings taken back, fields cleared: those records go too. */
+    assert_int_equal(store_privacy_change(f->st, b, STORE_PRIV_UNBLOCK, 0, m, 5000, cb_done, f), 0);
+    store_user_fields_t uncs = {.custom_status = CLEAR};
+    assert_int_equal(user_update(f, "dave", &uncs), 0);
+    assert_int_equal(records(f), 2);
+    assert_string_equal(answers(f, S("bob")), untouched);
+    assert_string_equal(answers(f, S("dave")), untouched);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void) {
@@ -915,6 +1063,7 @@ int main(void) {
         T(test_user_ids_are_exact),
         T(test_last_seen_follows_wall_clock),
         T(test_many_users),
+        T(test_never_seen_ids_cost_nothing),
     };
     /* TEST_FILTER / TEST_SKIP: glob patterns of test names to run or skip. */
     if (getenv("TEST_FILTER"))

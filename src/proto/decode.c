@@ -132,27 +132,60 @@ static int fail(proto_error_t *err, int code, const char *fmt, ...) {
     return PD_EPROTO;
 }
 
-/* The escape \u0000 would be silently cut short by cJSON's NUL-terminated strings. So would
- * a raw NUL byte, which cJSON keeps inside a string ("we<NUL>b" became "we"), as it keeps every
- * raw control character JSON forbids there (RFC 8259 section 7): refuse them all. Outside
- * strings only whitespace separates tokens, and cJSON refuses the rest itself. */
-static bool has_nul_escape(const uint8_t *d, size_t len) {
+/* What cJSON would let through but RFC 8259 forbids, in one pass over the bytes before cJSON
+ * sees them; returns why, or NULL.
+ * - The escape \u0000 would be silently cut short by cJSON's NUL-terminated strings. So would
+ *   a \u escape with a digit that is not hex (cJSON decodes it as U+0000), and a raw NUL byte,
+ *   which cJSON keeps inside a string ("we<NUL>b" became "we"), as it keeps every raw control
+ *   character JSON forbids there (section 7): refused.
+ * - Between tokens cJSON 1.7 skips every byte up to 0x20 as whitespace (buffer_skip_whitespace)
+ *   and a UTF-8 byte order mark at the start (skip_utf8_bom), so {"type":<0x01>"ping"} was
+ *   answered. Only space, tab, LF and CR are whitespace (section 2), and a networked JSON
+ *   text must not start with a BOM (section 8.1 lets a parser ignore one; PROTOCOL.md takes
+ *   one JSON text and nothing else): refused.
+ * Cost: a compare per byte; the canonical heartbeat never gets here (its fast path matches
+ * exact bytes). */
+static bool is_hex(uint8_t c) {
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+static const char *forbidden_bytes(const uint8_t *d, size_t len) {
+    if (len >= 3 && d[0] == 0xEF && d[1] == 0xBB && d[2] == 0xBF)
+        return "a byte order mark before the JSON value";
     bool in_string = false;
     for (size_t i = 0; i < len; i++) {
-        if (d[i] == '"') {
+        uint8_t c = d[i];
+        if (c == '"') {
             in_string = !in_string;
             continue;
         }
-        if (d[i] == 0 || (in_string && d[i] < 0x20))
-            return true;
-        if (d[i] != '\\')
+        if (c < 0x20) {
+            if (c == 0 || in_string)
+                return "strings may not contain \\u0000 or raw control bytes";
+            if (c != '\t' && c != '\n' && c != '\r')
+                return "a control byte between JSON tokens (only space, tab, CR and LF)";
             continue;
-        if (i + 5 < len && d[i + 1] == 'u' && d[i + 2] == '0' && d[i + 3] == '0' &&
-            d[i + 4] == '0' && d[i + 5] == '0')
-            return true;
-        i++; /* skip the escaped character, so "\\u0000" (a backslash, then text) passes */
+        }
+        if (c != '\\')
+            continue;
+        if (i + 1 < len && d[i + 1] == 'u') {
+            /* cJSON reads a \u escape whose digits are not all hex as U+0000 (parse_hex4
+             * answers 0), which cuts the string short too: "bob\uzzzzx" became "bob". */
+            if (i + 5 >= len || !is_hex(d[i + 2]) || !is_hex(d[i + 3]) || !is_hex(d[i + 4]) ||
+                !is_hex(d[i + 5]))
+                return "a \\u escape needs four hex digits";
+            if (d[i + 2] == '0' && d[i + 3] == '0' && d[i + 4] == '0' && d[i + 5] == '0')
+                return "strings may not contain \\u0000 or raw control bytes";
+            i += 5;
+            continue;
+        }
+        /* Skip the escaped character, so "\\u0000" (a backslash, then text) passes; a raw
+         * control byte is no escape (cJSON refuses it too, but it is not skipped unseen). */
+        if (i + 1 < len && d[i + 1] < 0x20)
+            return "strings may not contain \\u0000 or raw control bytes";
+        i++;
     }
-    return false;
+    return NULL;
 }
 
 /* How many bytes of s (at most max) to quote in an error message without cutting a UTF-8
@@ -450,8 +483,9 @@ static int decode_fields(const cJSON *root, const proto_limits_t *lim, proto_msg
 
 int proto_json_parse(const uint8_t *data, size_t len, void **out, proto_error_t *err) {
     *out = NULL;
-    if (has_nul_escape(data, len))
-        return fail(err, PROTO_E_BAD_JSON, "strings may not contain \\u0000 or raw control bytes");
+    const char *why = forbidden_bytes(data, len);
+    if (why)
+        return fail(err, PROTO_E_BAD_JSON, "%s", why);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts((const char *)data, len, &end, 0);
     if (!root)

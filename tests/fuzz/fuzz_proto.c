@@ -81,6 +81,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
 
     if (rc == 0) {
+        /* One JSON text (RFC 8259): no BOM, no control byte anywhere but the whitespace ones
+         * between tokens (strings hold none raw). */
+        CHECK(size < 3 || memcmp(data, "\xef\xbb\xbf", 3) != 0);
+        for (size_t i = 0; i < size; i++)
+            CHECK(data[i] >= 0x20 || data[i] == '\t' || data[i] == '\n' || data[i] == '\r');
         CHECK(m.type < PROTO_TYPE_COUNT);
         CHECK(m.status >= -1 && m.status <= PD_BUSY);
         CHECK(m.auto_away >= -1 && m.auto_away <= 1);

@@ -383,6 +383,102 @@ static void test_bad_json_nul(void **state) {
     expect_err_n(between, sizeof(between) - 1, PROTO_E_BAD_JSON, &m);
     expect_err("{\"type\":\"set_online\",\"device\":\"a\tb\"}", PROTO_E_BAD_JSON);
     expect_err("{\"type\":\"set_online\",\"custom_status\":\"line\nbreak\"}", PROTO_E_BAD_JSON);
+
+    /* cJSON decodes a \u escape with a digit that is not hex as U+0000, which cut the string
+     * short: user_ids ["bob\uzzzzx"] was read as ["bob"] (found by fuzz_proto). */
+    static const char *const bad_hex[] = {
+        "{\"type\":\"subscribe\",\"user_ids\":[\"bob\\uzzzzx\"]}",
+        "{\"type\":\"set_online\",\"device\":\"we\\u00g1b\"}",
+        "{\"type\":\"set_online\",\"device\":\"we\\u00\\u0041b\"}",
+        "{\"type\":\"ping\",\"id\":\"a\\u-123b\"}",
+        "{\"type\":\"ping\",\"i\\uXYZWd\":1}",
+        "{\"type\":\"set_online\",\"device\":\"\\u 123x\"}",
+        "{\"type\":\"set_online\",\"device\":\"\\u12\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad_hex) / sizeof(bad_hex[0]); i++)
+        expect_err(bad_hex[i], PROTO_E_BAD_JSON);
+    /* ... and a raw control byte right after a backslash is no escape. */
+    const char esc_nul[] = "{\"type\":\"subscribe\",\"user_ids\":[\"bo\\u\\\0"
+                           "00ex\"]}";
+    expect_err_n(esc_nul, sizeof(esc_nul) - 1, PROTO_E_BAD_JSON, &m);
+    expect_err("{\"type\":\"set_online\",\"device\":\"a\\\x01\"}", PROTO_E_BAD_JSON);
+    /* Proper escapes, in either case, still decode. */
+    DECODE_OK("{\"type\":\"set_online\",\"device\":\"\\u0041\\u00e9\\u00E9\\uD83D\\uDE00\"}", &m);
+    assert_string_equal(m.device.v.s, "A\xc3\xa9\xc3\xa9\xf0\x9f\x98\x80");
+    proto_msg_free(&m);
+}
+
+/* Only space, tab, LF and CR separate JSON tokens (RFC 8259 section 2), and a JSON text has no
+ * byte order mark: cJSON skips both every byte up to 0x20 and a leading UTF-8 BOM, so these
+ * were answered before. Every other control byte, between any two tokens, and the BOM before
+ * the value (or after it) are bad_json; the same messages with proper whitespace are fine. */
+static void test_bad_json_whitespace(void **state) {
+    (void)state;
+    /* Every control byte but the four whitespace ones, at each place whitespace may go. */
+    static const char *const forms[] = {
+        "%c{\"type\":\"ping\"}",
+        "{%c\"type\":\"ping\"}",
+        "{\"type\"%c:\"ping\"}",
+        "{\"type\":%c\"ping\"}",
+        "{\"type\":\"ping\"%c}",
+        "{\"type\":\"ping\",%c\"id\":1}",
+        "{\"type\":\"subscribe\",\"user_ids\":[%c\"a\"]}",
+        "{\"type\":\"subscribe\",\"user_ids\":[\"a\"%c,\"b\"]}",
+        "{\"type\":\"ping\"}%c",
+    };
+    proto_msg_t m;
+    for (size_t f = 0; f < sizeof(forms) / sizeof(forms[0]); f++) {
+        for (int c = 1; c < 0x20; c++) {
+            char msg[128];
+            int n = snprintf(msg, sizeof(msg), forms[f], c);
+            assert_true(n > 0 && (size_t)n < sizeof(msg));
+            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+                DECODE_OK(msg, &m);
+                proto_msg_free(&m);
+            } else {
+                expect_err_n(msg, (size_t)n, PROTO_E_BAD_JSON, &m);
+            }
+        }
+        /* DEL is not whitespace either (cJSON refused it already). */
+        char msg[128];
+        int n = snprintf(msg, sizeof(msg), forms[f], 0x7f);
+        expect_err_n(msg, (size_t)n, PROTO_E_BAD_JSON, &m);
+    }
+    /* The attack's own form. */
+    expect_err("{\"type\":\x01\"ping\"}", PROTO_E_BAD_JSON);
+    expect_err("\x0b\x0c{\"type\":\"ping\"}", PROTO_E_BAD_JSON);
+    /* A UTF-8 BOM, in front, after, or between tokens; other BOMs; a BOM alone. */
+    expect_err("\xef\xbb\xbf{\"type\":\"ping\"}", PROTO_E_BAD_JSON);
+    expect_err(" \xef\xbb\xbf{\"type\":\"ping\"}", PROTO_E_BAD_JSON);
+    expect_err("\xef\xbb\xbf\xef\xbb\xbf{\"type\":\"ping\"}", PROTO_E_BAD_JSON);
+    expect_err("{\"type\":\"ping\"}\xef\xbb\xbf", PROTO_E_BAD_JSON);
+    expect_err("{\xef\xbb\xbf\"type\":\"ping\"}", PROTO_E_BAD_JSON);
+    expect_err("\xfe\xff{\"type\":\"ping\"}", PROTO_E_BAD_JSON);
+    expect_err("\xef\xbb\xbf", PROTO_E_BAD_JSON);
+    expect_err("\xef\xbb", PROTO_E_BAD_JSON);
+    /* U+FEFF inside a string is text, not a BOM. */
+    DECODE_OK("{\"type\":\"set_online\",\"custom_status\":\"\xef\xbb\xbfhi\"}", &m);
+    proto_msg_free(&m);
+    /* The error says why, for people. */
+    proto_error_t err;
+    static const char ctl[] = "{\"type\":\x01\"ping\"}", bom[] = "\xef\xbb\xbf{\"type\":\"ping\"}";
+    assert_int_equal(decode_n(ctl, sizeof(ctl) - 1, &m, &err), PD_EPROTO);
+    assert_non_null(strstr(err.message, "control byte"));
+    assert_int_equal(decode_n(bom, sizeof(bom) - 1, &m, &err), PD_EPROTO);
+    assert_non_null(strstr(err.message, "byte order mark"));
+    /* The strict parser on its own (the /v1 API's bodies go through it) refuses them too. */
+    void *root = NULL;
+    static const char api_ctl[] = "{\"a\":\x1f"
+                                  "1}",
+                      api_bom[] = "\xef\xbb\xbf{}", api_ok[] = " \t\r\n{ \"a\" :\t1 }\r\n";
+    assert_int_equal(proto_json_parse((const uint8_t *)api_ctl, sizeof(api_ctl) - 1, &root, &err),
+                     PD_EPROTO);
+    assert_null(root);
+    assert_int_equal(proto_json_parse((const uint8_t *)api_bom, sizeof(api_bom) - 1, &root, &err),
+                     PD_EPROTO);
+    assert_null(root);
+    assert_int_equal(proto_json_parse((const uint8_t *)api_ok, sizeof(api_ok) - 1, &root, &err), 0);
+    cJSON_Delete(root);
 }
 
 static void test_bad_json_duplicate_keys(void **state) {
@@ -1450,6 +1546,7 @@ int main(void) {
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_bad_json_syntax),
         cmocka_unit_test(test_bad_json_nul),
+        cmocka_unit_test(test_bad_json_whitespace),
         cmocka_unit_test(test_bad_json_duplicate_keys),
         cmocka_unit_test(test_bad_json_deep_nesting),
         cmocka_unit_test(test_bad_message),

@@ -7,9 +7,14 @@
  * that grows with every visible change. Liveness is not here: heartbeats never reach the
  * store; connections are checked on their node.
  *
- * Calls are asynchronous: the result comes through the callback, which the local store calls
- * before returning and a remote store calls later from the loop. A call that fails (returns
- * a negative PD_E* code) never calls its callback. Visible changes (status, custom_status,
+ * Calls are asynchronous: the result comes through the callback, which a remote store calls
+ * later from the loop; the local store calls it before returning, except for a durable change
+ * with a database (privacy_change, privacy_replace, and fields in session_upsert and
+ * user_update), whose callback it calls later from the loop once the change is committed
+ * (the change itself is in effect, for every reader, when the call returns). A call that
+ * fails (returns a negative PD_E* code) never calls its callback; PD_EUNAVAIL means the store
+ * cannot take the change now (its backend is unreachable, or the local store's queue of
+ * writes is full): nothing changed, retry later. Visible changes (status, custom_status,
  * activity, devices) are announced through the listener, to every node watching the user,
  * before the callback of the call that caused them; a change that is not visible (a
  * heartbeat-free refresh, a lingering session) announces nothing.
@@ -204,8 +209,9 @@ typedef struct store_ops {
      * ignored. NULL: the store keeps last_seen as of the last change only. */
     void (*seen)(store_t *st, pd_str_t user, double when);
     /* Before the engine and rooms are freed at exit: every call still in flight completes now
-     * (with an error), so that its caller frees what it holds; later calls fail with
-     * PD_ECLOSED. NULL when every call completes before returning (the local store). */
+     * (a remote store's with an error; the local store's durable changes once committed, with
+     * their result), so that its caller frees what it holds; later calls fail with PD_ECLOSED
+     * (the local store: durable changes). NULL when every call completes before returning. */
     void (*shutdown)(store_t *st);
     /* Adds or updates session s of user (a new sid ends the user's lingering sessions) and
      * applies the user-level fields; the callback gets the resulting presence. PD_ELIMIT when

@@ -81,6 +81,17 @@ static const struct opt opts[] = {
      "members one room may have"},
     {"max-contacts", OPT_UINT, F(max_contacts), 0, "5000", 1, 1000000,
      "contacts, and blocked users, one user may have"},
+    {"max-connections-per-user", OPT_UINT, F(max_connections_per_user), 0, "64", 0, 1000000,
+     "open WebSocket connections one user may have on this node; more are refused 429 (0: no "
+     "limit)"},
+    {"rate-limit", OPT_UINT, F(rate_limit), 0, "200", 0, 100000000,
+     "messages per second one connection may send on average (0: no limit); past it error "
+     "rate_limited, and 1008 for a client that goes on"},
+    {"rate-limit-burst", OPT_UINT, F(rate_limit_burst), 0, "400", 1, 65535,
+     "messages one connection may send at once above the rate"},
+    {"rate-limit-change-cost", OPT_UINT, F(rate_limit_change_cost), 0, "5", 1, 65535,
+     "messages' worth of the rate that one message costing the store takes (status, privacy, "
+     "rooms, subscribe; heartbeat, ping, activity, cursor, typing and unsubscribe take one)"},
     {"token-secret-file", OPT_STRING, F(token_secret_file), 0, NULL, 0, 0,
      "file holding the HS256 secret (at least 32 bytes) that signs connection tokens"},
     {"token-public-key", OPT_STRING, F(token_public_key), 0, NULL, 0, 0,
@@ -612,7 +623,15 @@ int pd_config_load(pd_config_t *cfg, int argc, char **argv, char **envp, FILE *e
         return -1;
     if (pd_config_parse_env(cfg, envp, err))
         return -1;
-    return pd_config_parse_args(cfg, argc, argv, err);
+    if (pd_config_parse_args(cfg, argc, argv, err))
+        return -1;
+    if (cfg->rate_limit && cfg->rate_limit_change_cost > cfg->rate_limit_burst) {
+        /* Such a message could never pass: refused here rather than at every message. */
+        fprintf(err, "presenced: rate-limit-change-cost (%u) is more than rate-limit-burst (%u)\n",
+                cfg->rate_limit_change_cost, cfg->rate_limit_burst);
+        return -1;
+    }
+    return 0;
 }
 
 void pd_config_usage(FILE *out, const char *prog) {

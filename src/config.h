@@ -41,6 +41,10 @@ typedef struct pd_config {
     uint32_t max_rooms_per_connection;
     uint32_t max_room_members;
     uint32_t max_contacts;
+    uint32_t max_connections_per_user; /* on this node; 0: no limit */
+    uint32_t rate_limit;               /* messages per second per connection; 0: no limit */
+    uint32_t rate_limit_burst;         /* messages */
+    uint32_t rate_limit_change_cost;   /* tokens a store change or read takes */
     char token_secret_file[1024];
     char token_public_key[1024];
     char token_issuer[256];

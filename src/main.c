@@ -295,6 +295,7 @@ static int setup_static(struct app *a) {
 #else
     const char *web = NULL, *client = NULL;
 #endif
+    a->statics.allow_dotfiles = a->cfg.static_dotfiles;
     if (mount_one(a, "/client/", "client-dir", a->cfg.client_dir, client) ||
         mount_one(a, "/", "static-dir", a->cfg.static_dir, web))
         return -1;
@@ -655,7 +656,11 @@ int main(int argc, char **argv) {
                             .auth = &a->auth,
                             .wheel = &a->wheel,
                             .heartbeat_ttl_ms = a->cfg.heartbeat_ttl,
-                            .max_ids = a->cfg.max_ids};
+                            .max_ids = a->cfg.max_ids,
+                            .max_conns_per_user = a->cfg.max_connections_per_user,
+                            .rate_per_sec = a->cfg.rate_limit,
+                            .rate_burst = a->cfg.rate_limit_burst,
+                            .rate_change_cost = a->cfg.rate_limit_change_cost};
     rooms_config_t rc;
     rooms_config_default(&rc);
     rc.announce_max = a->cfg.room_announce_max;

@@ -21,11 +21,17 @@
 #define DISPATCH_INFLIGHT_MAX    64
 #define DISPATCH_INFLIGHT_RESUME 32
 
+/* Messages refused by the rate limit since the bucket was last full, past which the client is
+ * taken to ignore rate_limited and is closed (1008). */
+#define RATE_CLOSE_AFTER 64
+#define CLOSE_POLICY     1008
+
 struct dispatch_counters {
     uint64_t *in[PROTO_TYPE_COUNT];
     uint64_t *errors[PROTO_E_COUNT];
     uint64_t *token_expiries;
     uint64_t *inflight_holds;
+    uint64_t *rate_limited, *rate_closes, *user_limit_refusals;
 };
 
 struct dispatch {
@@ -50,9 +56,12 @@ struct dconn {
     double exp;           /* epoch seconds; 0 without a token */
     char **channels;      /* the token's channels patterns; NULL: any channel */
     uint32_t nchannels;
-    uint32_t replies; /* answers owed (struct reply), at most DISPATCH_INFLIGHT_MAX + 1 */
-    bool gone;        /* the connection closed: c is freed; this lives on for the replies */
-    bool held;        /* reading stopped until replies fall to DISPATCH_INFLIGHT_RESUME */
+    uint32_t rl_at;     /* ms (loop time, wrapping): the rate bucket's last refill */
+    uint16_t replies;   /* answers owed (struct reply), at most DISPATCH_INFLIGHT_MAX + 1 */
+    uint16_t rl_tokens; /* messages the bucket allows now (cfg.rate_burst at most) */
+    uint8_t rl_refused; /* refused since the bucket was last full (RATE_CLOSE_AFTER) */
+    bool gone;          /* the connection closed: c is freed; this lives on for the replies */
+    bool held;          /* reading stopped until replies fall to DISPATCH_INFLIGHT_RESUME */
 };
 
 /* An answer owed to a request whose engine call may complete later. */
@@ -443,6 +452,65 @@ static void do_room(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
     }
 }
 
+/* --- Rate limit ---
+ * A token bucket per connection (6 bytes): a cheap message takes one token, one that changes
+ * or reads the store rate_change_cost; tokens come back at rate_per_sec up to rate_burst. The
+ * refill is computed when a message comes: no timer, no work for idle connections. */
+
+static uint32_t msg_cost(const dispatch_t *d, int type) {
+    switch (type) {
+    case PROTO_PING:
+    case PROTO_HEARTBEAT:
+    case PROTO_ACTIVITY:
+    case PROTO_CURSOR:
+    case PROTO_TYPING:
+    case PROTO_UNSUBSCRIBE:
+        return 1;
+    default:
+        return d->cfg.rate_change_cost;
+    }
+}
+
+/* True (and cost taken) when dc's bucket holds cost tokens. */
+static bool rate_take(dispatch_t *d, struct dconn *dc, uint32_t cost) {
+    const dispatch_config_t *cfg = &d->cfg;
+    if (!cfg->rate_per_sec)
+        return true;
+    uint32_t now = (uint32_t)pd_clock_ms(&d->clock);
+    uint64_t add = (uint64_t)(uint32_t)(now - dc->rl_at) * cfg->rate_per_sec / 1000;
+    if (add) {
+        if (dc->rl_tokens + add >= cfg->rate_burst) {
+            dc->rl_tokens = (uint16_t)cfg->rate_burst;
+            dc->rl_at = now;
+            dc->rl_refused = 0;
+        } else {
+            dc->rl_tokens = (uint16_t)(dc->rl_tokens + add);
+            dc->rl_at += (uint32_t)(add * 1000 / cfg->rate_per_sec); /* keeps the remainder */
+        }
+    }
+    if (dc->rl_tokens < cost)
+        return false;
+    dc->rl_tokens = (uint16_t)(dc->rl_tokens - cost);
+    return true;
+}
+
+/* Answers a message over the rate: rate_limited, or 1008 for a client that keeps going. */
+static void rate_refuse(dispatch_t *d, struct dconn *dc, const proto_id_t *id) {
+    (*d->n.rate_limited)++;
+    if (++dc->rl_refused >= RATE_CLOSE_AFTER) {
+        if (dc->rl_refused == RATE_CLOSE_AFTER) {
+            (*d->n.rate_closes)++;
+            conn_close_ws(dc->c, CLOSE_POLICY, "message rate limit exceeded");
+        }
+        dc->rl_refused = RATE_CLOSE_AFTER;
+        return;
+    }
+    char msg[96];
+    snprintf(msg, sizeof(msg), "more than %u messages a second (burst %u): slow down",
+             d->cfg.rate_per_sec, d->cfg.rate_burst);
+    send_error(d, dc->c, id, PROTO_E_RATE_LIMITED, msg);
+}
+
 /* --- Requests --- */
 
 static store_text_t text_field(const proto_opt_t *o) {
@@ -626,6 +694,12 @@ static int on_upgrade(void *ctx, conn_t *c, const http_request_t *req, void **ap
     } else {
         return refuse(d, c, "no_credentials");
     }
+    if (d->cfg.max_conns_per_user &&
+        engine_user_connections(d->engine, user) >= d->cfg.max_conns_per_user) {
+        (*d->n.user_limit_refusals)++;
+        auth_claims_free(&cl);
+        return 429; /* the user has as many connections here as allowed */
+    }
     struct dconn *dc = calloc(1, sizeof(*dc));
     session_t *s = dc ? engine_session_open(d->engine, c, user) : NULL;
     if (!s) {
@@ -636,6 +710,8 @@ static int on_upgrade(void *ctx, conn_t *c, const http_request_t *req, void **ap
     dc->s = s;
     dc->c = c;
     dc->d = d;
+    dc->rl_at = (uint32_t)pd_clock_ms(&d->clock);
+    dc->rl_tokens = (uint16_t)d->cfg.rate_burst;
     wheel_timer_init(&dc->expiry, expiry_fire);
     if (token)
         take_claims(dc, &cl);
@@ -660,6 +736,10 @@ static void on_message(void *ctx, conn_t *c, void *app, uint8_t *data, size_t le
     proto_id_t hb_id;
     if (proto_is_canonical_heartbeat(data, len, dev, dev_len, &hb_id)) {
         (*d->n.in[PROTO_HEARTBEAT])++;
+        if (!rate_take(d, dc, 1)) {
+            rate_refuse(d, dc, &hb_id);
+            return;
+        }
         engine_heartbeat(dc->s, (pd_str_t){0});
         send_ack(c, &hb_id);
         return;
@@ -667,11 +747,17 @@ static void on_message(void *ctx, conn_t *c, void *app, uint8_t *data, size_t le
     proto_msg_t m;
     proto_error_t err;
     if (proto_decode(data, len, &d->lim, &m, &err) != 0) {
-        send_error(d, c, &m.id, err.code, err.message);
+        if (rate_take(d, dc, 1))
+            send_error(d, c, &m.id, err.code, err.message);
+        else
+            rate_refuse(d, dc, &m.id);
         return;
     }
     (*d->n.in[m.type])++;
-    handle(d, dc, &m);
+    if (rate_take(d, dc, msg_cost(d, m.type)))
+        handle(d, dc, &m);
+    else
+        rate_refuse(d, dc, &m.id);
     proto_msg_free(&m);
 }
 
@@ -741,6 +827,23 @@ dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t
                 : NULL;
     if (!d->n.inflight_holds)
         d->n.inflight_holds = &dummy_counter;
+    struct {
+        uint64_t **p;
+        const char *name, *help;
+    } more[] = {
+        {&d->n.rate_limited, "presenced_rate_limited_total",
+         "Messages refused (rate_limited) because their connection passed its message rate"},
+        {&d->n.rate_closes, "presenced_rate_limit_closes_total",
+         "Connections closed (1008) for going on past their message rate"},
+        {&d->n.user_limit_refusals, "presenced_user_connection_refusals_total",
+         "WebSocket upgrades refused (429): the user had max-connections-per-user here"},
+    };
+    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++) {
+        *more[i].p =
+            metrics ? pd_metrics_counter(metrics, more[i].name, more[i].help, NULL, NULL) : NULL;
+        if (!*more[i].p)
+            *more[i].p = &dummy_counter;
+    }
     return d;
 }
 

@@ -18,11 +18,18 @@
 typedef struct dispatch dispatch_t;
 
 typedef struct dispatch_config {
-    bool dev_auth;             /* trust ?user=ID (development only) */
-    const auth_config_t *auth; /* tokens (alg NONE: not accepted); borrowed */
-    wheel_t *wheel;            /* token expiry timers */
-    uint32_t heartbeat_ttl_ms; /* told to clients in the welcome message */
-    uint32_t max_ids;          /* user ids per request */
+    bool dev_auth;               /* trust ?user=ID (development only) */
+    const auth_config_t *auth;   /* tokens (alg NONE: not accepted); borrowed */
+    wheel_t *wheel;              /* token expiry timers */
+    uint32_t heartbeat_ttl_ms;   /* told to clients in the welcome message */
+    uint32_t max_ids;            /* user ids per request */
+    uint32_t max_conns_per_user; /* open connections of one user on this node (0: no limit) */
+    /* Messages per connection: a token bucket of rate_burst messages refilled at rate_per_sec
+     * (0: no limit); a message that changes or reads the store takes rate_change_cost tokens,
+     * a heartbeat, ping, activity, cursor or typing one. */
+    uint32_t rate_per_sec;
+    uint32_t rate_burst;
+    uint32_t rate_change_cost;
 } dispatch_config_t;
 
 /* New dispatcher over engine and rooms. Borrows everything until dispatch_free. NULL on

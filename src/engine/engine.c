@@ -58,19 +58,20 @@ struct session {
     void *rooms;         /* the rooms module's list of this connection's rooms */
     wheel_timer_t timer; /* idle check while connected; the grace window while lingering */
     const pd_istr_t *device;
-    uint64_t sid;
     uint64_t last_activity; /* ms: last sign of the user (for server-side idle) */
+    /* One word for the id and the state bits: a session stays in a 128-byte malloc chunk. */
+    uint64_t sid : 53;         /* random (new_sid) */
+    uint64_t claim : 2;        /* PD_ONLINE / PD_AWAY / PD_BUSY while present */
+    uint64_t present : 1;      /* registered in the store */
+    uint64_t withdrawn : 1;    /* set_offline: heartbeats do not bring it back */
+    uint64_t lingering : 1;    /* closed, in its grace window */
+    uint64_t closed : 1;       /* the connection is gone */
+    uint64_t auto_away : 1;    /* opted in to server-side idle detection */
+    uint64_t auto_away_on : 1; /* currently away because of it */
+    uint64_t stored : 1;       /* the store acknowledged the session (store_session_t.known) */
+    uint64_t kicked : 1;       /* closed by a backend (engine_kick): no grace window */
     uint32_t nsubs;
-    uint32_t pending;          /* store calls in flight (bounded per connection by dispatch) */
-    uint8_t claim;             /* PD_ONLINE / PD_AWAY / PD_BUSY while present */
-    unsigned present : 1;      /* registered in the store */
-    unsigned withdrawn : 1;    /* set_offline: heartbeats do not bring it back */
-    unsigned lingering : 1;    /* closed, in its grace window */
-    unsigned closed : 1;       /* the connection is gone */
-    unsigned auto_away : 1;    /* opted in to server-side idle detection */
-    unsigned auto_away_on : 1; /* currently away because of it */
-    unsigned stored : 1;       /* the store acknowledged the session (store_session_t.known) */
-    unsigned kicked : 1;       /* closed by a backend (engine_kick): no grace window */
+    uint32_t pending; /* store calls in flight (bounded per connection by dispatch) */
 };
 
 struct engine_counters {
@@ -674,6 +675,14 @@ void engine_session_close(session_t *s, int how) {
     }
     s->pending--;
     maybe_free(s);
+}
+
+uint32_t engine_user_connections(engine_t *e, pd_str_t user) {
+    struct euser *u = find_user(e, user);
+    uint32_t n = 0;
+    for (session_t *s = u ? u->sessions : NULL; s; s = s->u_next)
+        n += s->client != NULL;
+    return n;
 }
 
 bool engine_session_kicked(const session_t *s) {

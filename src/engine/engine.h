@@ -84,6 +84,10 @@ void engine_flush_lingering(engine_t *e);
 /* True when a backend closed the session (engine_kick): it gets no grace window. */
 bool engine_session_kicked(const session_t *s);
 
+/* Open connections of user on this node (their sessions, closed or lingering ones left out).
+ * O(sessions of the user here). */
+uint32_t engine_user_connections(engine_t *e, pd_str_t user);
+
 /* Sessions not yet ended: open ones, and closed ones in their grace window. */
 uint64_t engine_session_count(const engine_t *e);
 

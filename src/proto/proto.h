@@ -87,6 +87,7 @@ enum proto_type {
     XX(LIST_FULL, "list_full", "the contact or block list holds as many users as allowed")         \
     XX(BAD_TOKEN, "bad_token", "a token that does not verify, or has expired")                     \
     XX(WRONG_USER, "wrong_user", "a token for another user than the connection's")                 \
+    XX(RATE_LIMITED, "rate_limited", "more messages than the connection's rate allows: slow down") \
     XX(UNAVAILABLE, "unavailable", "the shared store (Redis) cannot be reached: retry later")      \
     XX(INTERNAL, "internal", "the server could not complete the request")
 
@@ -153,7 +154,8 @@ int proto_decode(const uint8_t *data, size_t len, const proto_limits_t *lim, pro
 void proto_msg_free(proto_msg_t *m);
 
 /* The strict part of decoding on its own: one JSON object, no trailing bytes, no duplicate
- * keys at any depth, no \u0000 or raw control bytes in strings. 0 with *root set (a cJSON
+ * keys at any depth, no \u0000 or raw control bytes in strings, no byte order mark, and only
+ * space, tab, CR and LF between tokens (RFC 8259). 0 with *root set (a cJSON
  * tree: free with cJSON_Delete), or PD_EPROTO with *err set (bad_json, bad_message). */
 int proto_json_parse(const uint8_t *data, size_t len, void **root, proto_error_t *err);
 

@@ -63,6 +63,9 @@ struct redis_router {
     pd_hashkey_t key;
     wheel_timer_t refresh_timer, flush_timer;
     bool refreshing, refresh_again, ready, closed;
+    const char *const *preload; /* scripts loaded first on every connection (borrowed) */
+    const size_t *preload_lens;
+    size_t npreload;
 };
 
 static void call_send(struct rcall *c);
@@ -706,10 +709,29 @@ static void update_ready(redis_router_t *r) {
         r->ev.on_ready(r->ev.ctx, ready);
 }
 
+void redis_router_preload(redis_router_t *r, const char *const *texts, const size_t *lens,
+                          size_t n) {
+    r->preload = texts;
+    r->preload_lens = lens;
+    r->npreload = n;
+}
+
+static void preloaded(void *arg, const redisReply *rep, int err) {
+    redis_router_t *r = arg;
+    if (err || rep->type == REDIS_REPLY_ERROR)
+        PD_WARN(r->log, "redis", "SCRIPT LOAD failed: %s",
+                err ? pd_strerror(err) : rep->str); /* EVALSHA falls back to EVAL */
+}
+
 static void node_up(void *ctx, redis_conn_t *c) {
-    (void)c;
     struct rnode *n = ctx;
     redis_router_t *r = n->r;
+    /* Before anything else on this connection, which answers in order. */
+    for (size_t i = 0; i < r->npreload; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", r->preload[i]};
+        const size_t lens[] = {6, 4, r->preload_lens[i]};
+        redis_conn_send(c, 3, argv, lens, preloaded, r);
+    }
     if (r->cluster)
         refresh(r);
     /* What waited goes first: becoming ready makes the store re-register everything, and

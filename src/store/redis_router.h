@@ -63,6 +63,14 @@ void redis_router_start(redis_router_t *r);
 int redis_router_call(redis_router_t *r, const char *key, size_t klen, int argc, const char **argv,
                       const size_t *argvlen, redis_reply_cb cb, void *arg);
 
+/* Scripts every command connection loads (SCRIPT LOAD) as its first commands each time it
+ * comes up, before anything queued: an EVALSHA then never meets NOSCRIPT after a restart or
+ * on a new cluster node, whose EVAL resend would run after commands sent later (a user's
+ * second change before their first). texts[i] (len[i] bytes) are borrowed until the router is
+ * closed. Set before redis_router_start. */
+void redis_router_preload(redis_router_t *r, const char *const *texts, const size_t *lens,
+                          size_t n);
+
 /* Sends a command to every master (e.g. SCRIPT LOAD); cb is called once per master. Returns
  * how many it was sent to. */
 int redis_router_broadcast(redis_router_t *r, int argc, const char **argv, const size_t *argvlen,

@@ -98,6 +98,8 @@ struct store_redis {
     char node[80];
     pd_hashkey_t key;
     struct script scripts[S_COUNT];
+    const char *script_texts[S_COUNT]; /* for redis_router_preload */
+    size_t script_lens[S_COUNT];
     hmap_t watches;
     hmap_t expiries;
     wheel_timer_t lease_timer, sweep_timer;
@@ -2245,6 +2247,11 @@ store_t *store_redis_new(uv_loop_t *loop, wheel_t *wheel, const pd_clock_t *cloc
         pd_metrics_gauge_fn(metrics, "presenced_redis_subscriptions",
                             "Sharded channels this node subscribes to", NULL, NULL, gauge_subs, st);
     }
+    for (int i = 0; i < S_COUNT; i++) {
+        st->script_texts[i] = st->scripts[i].text;
+        st->script_lens[i] = st->scripts[i].len;
+    }
+    redis_router_preload(st->router, st->script_texts, st->script_lens, S_COUNT);
     redis_router_start(st->router);
     uint32_t every = st->cfg.lease_ttl_ms / 2;
     wheel_schedule(wheel, &st->sweep_timer,

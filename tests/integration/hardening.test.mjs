@@ -11,10 +11,13 @@
 //    that the account exists. A watcher is now told of a loss of sight only if it was shown the
 //    user, so an unknown user and a hidden one look alike (embedded store and Redis).
 //  - welcome.session_id was a process-wide counter (anyone could measure the connection rate).
+//  - Limits: a token bucket of messages per connection (rate_limited, then 1008), and a cap of
+//    connections per user (429); the configuration refuses a change cost above the burst.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { buildFrame, httpGet, metricValue, rawWsConnect, scrapeMetrics, sleep } from './lib/daemon.mjs';
+import { runToExit } from './lib/auth.mjs';
 import { eventually, openClient, openUser, openWatcher, startPresenced, stopDaemon } from './lib/presence.mjs';
 import { startRedis, stopNode } from './lib/redis.mjs';
 
@@ -37,7 +40,7 @@ describe('calls in flight per connection (Redis)', { timeout: 120000 }, () => {
     let d;
     before(async () => {
         redis = await startRedis();
-        d = await startNode(['--redis', redis.url], 'inflight');
+        d = await startNode(['--redis', redis.url, '--rate-limit', '0'], 'inflight');
     });
     after(async () => {
         await stopDaemon(d);
@@ -184,5 +187,102 @@ describe('session ids', () => {
         assert.equal(new Set(ids).size, ids.length, 'distinct');
         const steps = ids.slice(1).map((id, i) => id - ids[i]);
         assert.ok(steps.filter((s) => s > 0 && s < 1000).length < 3, `sequential: ${ids.join(', ')}`);
+    });
+});
+
+describe('message rate per connection', () => {
+    let d;
+    before(async () => {
+        d = await startPresenced(['--ephemeral', '--rate-limit', '50', '--rate-limit-burst', '20',
+            '--rate-limit-change-cost', '5']);
+    });
+    after(() => stopDaemon(d));
+
+    const answers = (c, from) => c.all.slice(from).filter((e) => ['pong', 'ack', 'error'].includes(e.msg.type));
+
+    test('a burst past the bucket: rate_limited for each one over, then served again', T, async () => {
+        const c = await openClient(d, 'rl-burst');
+        const bystander = await openClient(d, 'rl-bystander');
+        const from = c.all.length;
+        for (let i = 0; i < 50; i++) c.ws.send(JSON.stringify({ type: 'ping', id: i }));
+        await eventually(() => answers(c, from).length >= 50, 5000, '50 answers');
+        const got = answers(c, from);
+        const pongs = got.filter((e) => e.msg.type === 'pong').map((e) => e.msg.id);
+        const limited = got.filter((e) => e.msg.type === 'error');
+        assert.ok(pongs.length >= 20 && pongs.length <= 24, `pongs: ${pongs.length}`);
+        assert.deepEqual(pongs, [...Array(pongs.length).keys()], 'the first ones pass, in order');
+        for (const e of limited) {
+            assert.equal(e.msg.code, 'rate_limited');
+            assert.match(e.msg.message, /50 messages a second \(burst 20\)/);
+        }
+        assert.equal(pongs.length + limited.length, 50);
+        assert.ok(c.isOpen, 'refusals below the close threshold keep the connection');
+        // Others are not affected, and the bucket refills at the rate.
+        assert.equal((await bystander.request({ type: "ping" })).type, 'pong');
+        await sleep(500);
+        assert.equal((await c.request({ type: "ping" })).type, 'pong');
+        const m = await scrapeMetrics(d);
+        assert.ok(metricValue(m, 'presenced_rate_limited_total') >= limited.length);
+    });
+
+    test('changes cost the store more: 4 of a burst of 20 pass at cost 5', T, async () => {
+        const c = await openClient(d, 'rl-cost');
+        await sleep(500); // the bucket is full
+        const from = c.all.length;
+        for (let i = 0; i < 8; i++) c.ws.send(JSON.stringify({ type: 'set_status', status: 'busy', id: i }));
+        await eventually(() => answers(c, from).length >= 8, 5000, '8 answers');
+        const got = answers(c, from);
+        assert.deepEqual(got.map((e) => e.msg.type), ['ack', 'ack', 'ack', 'ack', 'error', 'error', 'error', 'error']);
+    });
+
+    test('a client that goes on past rate_limited is closed with 1008', T, async () => {
+        const c = await openClient(d, 'rl-flood');
+        const frames = [];
+        for (let i = 0; i < 300; i++) frames.push(JSON.stringify({ type: 'heartbeat' }));
+        for (const f of frames) c.ws.send(f);
+        const info = await withTimeoutClose(c);
+        assert.equal(info.code, 1008);
+        assert.match(info.reason, /rate limit/);
+        const m = await scrapeMetrics(d);
+        assert.ok(metricValue(m, 'presenced_rate_limit_closes_total') >= 1);
+    });
+
+    test('rate-limit-change-cost above rate-limit-burst is refused at start', T, async () => {
+        const r = await runToExit(['--ephemeral', '--rate-limit-burst', '4', '--rate-limit-change-cost', '5']);
+        assert.notEqual(r.code, 0);
+        assert.match(r.stderr, /rate-limit-change-cost \(5\) is more than rate-limit-burst \(4\)/);
+    });
+});
+
+async function withTimeoutClose(c, ms = 5000) {
+    const t = sleep(ms).then(() => {
+        throw new Error('not closed');
+    });
+    return Promise.race([c.closed, t]);
+}
+
+describe('connections per user', () => {
+    let d;
+    before(async () => {
+        d = await startPresenced(['--ephemeral', '--max-connections-per-user', '3']);
+    });
+    after(() => stopDaemon(d));
+
+    test('past max-connections-per-user the upgrade is refused 429; a closed one frees a place', T, async () => {
+        const cs = [];
+        for (let i = 0; i < 3; i++) cs.push(await openClient(d, 'capped'));
+        await assert.rejects(openClient(d, 'capped'), /unexpected response 429/);
+        await openClient(d, 'another-user'); // per user, not per node
+        await cs[0].terminate();
+        await eventually(async () => {
+            try {
+                cs.push(await openClient(d, 'capped'));
+                return true;
+            } catch {
+                return false;
+            }
+        }, 3000, 'a place again');
+        const m = await scrapeMetrics(d);
+        assert.ok(metricValue(m, 'presenced_user_connection_refusals_total') >= 1);
     });
 });

@@ -3,7 +3,6 @@
 #include <cjson/cJSON.h>
 #include <fnmatch.h>
 #include <jwt.h>
-#include <math.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -172,10 +171,17 @@ static int check_header(const auth_config_t *cfg, const char *token, size_t len,
 
 static bool number_claim(const cJSON *claims, const char *name, double *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(claims, name);
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+    if (!cJSON_IsNumber(v))
         return false;
     *out = v->valuedouble;
     return true;
+}
+
+/* A NumericDate we can compute with (RFC 7519 section 2 sets no range): an exp of 1e300 was
+ * accepted and overflowed the conversion of its delay to milliseconds (undefined behaviour).
+ * False for NaN and infinities too. */
+static bool time_in_range(double t) {
+    return t >= 0 && t <= AUTH_TIME_MAX;
 }
 
 static bool audience_ok(const cJSON *aud, const char *want) {
@@ -221,16 +227,20 @@ static int check_claims(const auth_config_t *cfg, const cJSON *claims, double no
     double exp, nbf, iat;
     if (!number_claim(claims, "exp", &exp))
         return fail(why, "no_exp");
+    /* An exp in the past, negative ones too, has simply expired; one past the range (or NaN,
+     * which no comparison passes) cannot be computed with. */
+    if (!(exp <= AUTH_TIME_MAX))
+        return fail(why, "bad_exp");
     if (exp <= now)
         return fail(why, "expired");
     if (cJSON_GetObjectItemCaseSensitive(claims, "nbf")) {
-        if (!number_claim(claims, "nbf", &nbf))
+        if (!number_claim(claims, "nbf", &nbf) || !time_in_range(nbf))
             return fail(why, "bad_nbf");
         if (nbf > now + AUTH_LEEWAY)
             return fail(why, "not_yet_valid");
     }
     if (cJSON_GetObjectItemCaseSensitive(claims, "iat")) {
-        if (!number_claim(claims, "iat", &iat))
+        if (!number_claim(claims, "iat", &iat) || !time_in_range(iat))
             return fail(why, "bad_iat");
         if (iat > now + AUTH_LEEWAY)
             return fail(why, "issued_in_future");

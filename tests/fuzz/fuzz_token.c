@@ -2,10 +2,10 @@
  * signed with that secret (so the fuzzer starts past the signature check) and near misses.
  *
  * An accepted token must carry a valid user id in sub (its length right, no NUL inside), an
- * exp after now, and a channels claim within its limits; the same token must then also pass
- * every configuration that checks no more, and a configuration that adds an issuer and an
- * audience may only refuse it with bad_issuer / bad_audience. A refused one must name one of
- * the documented reasons and leave nothing to free. Any violation aborts.
+ * exp after now and at most AUTH_TIME_MAX, and a channels claim within its limits; the same token
+ * must then also pass every configuration that checks no more, and a configuration that adds an
+ * issuer and an audience may only refuse it with bad_issuer / bad_audience. A refused one must name
+ * one of the documented reasons and leave nothing to free. Any violation aborts.
  */
 #include <math.h>
 #include <stdint.h>
@@ -32,7 +32,7 @@ static const char *const reasons[] = {
     "tokens_disabled",  "empty",         "too_large",     "malformed",     "wrong_alg",
     "unsupported_crit", "bad_signature", "no_sub",        "bad_sub",       "no_exp",
     "expired",          "bad_nbf",       "not_yet_valid", "bad_iat",       "issued_in_future",
-    "bad_issuer",       "bad_audience",  "bad_channels",  "out_of_memory",
+    "bad_issuer",       "bad_audience",  "bad_channels",  "out_of_memory", "bad_exp",
 };
 
 static bool known_reason(const char *why) {
@@ -65,7 +65,9 @@ static void check_claims(const auth_claims_t *cl, size_t size) {
     CHECK(cl->sub_len >= 1 && cl->sub_len <= PD_USER_ID_MAX);
     CHECK(strlen(cl->sub) == cl->sub_len);
     CHECK(pd_user_id_valid(cl->sub, cl->sub_len));
-    CHECK(isfinite(cl->exp) && cl->exp > NOW);
+    CHECK(isfinite(cl->exp) && cl->exp > NOW && cl->exp <= AUTH_TIME_MAX);
+    /* What the expiry timer does with it (dispatch.c arm_expiry): in range for a uint64_t. */
+    CHECK((cl->exp - NOW) * 1000.0 < 18446744073709551615.0);
     CHECK(cl->nchannels <= AUTH_CHANNELS_MAX);
     if (!cl->channels)
         CHECK(cl->nchannels == 0);

@@ -371,6 +371,68 @@ static void test_exp(void **state) {
     auth_config_free(&c);
 }
 
+/* exp past AUTH_TIME_MAX, nbf and iat outside [0, AUTH_TIME_MAX]: an exp of 1e300 was accepted
+ * and its delay, turned into milliseconds for the expiry timer, overflowed (undefined
+ * behaviour, UBSan aborts); a hugely negative nbf or iat passed. Each is refused, naming its
+ * claim. */
+static void test_time_range(void **state) {
+    (void)state;
+    auth_config_t c = hs_cfg();
+    static const char *const bad_exp[] = {
+        "1e300",        "1.7976931348623157e308", "1e19", "9223372036854775807",
+        "253402300800", "253402300799.5",
+    };
+    for (size_t i = 0; i < sizeof(bad_exp) / sizeof(bad_exp[0]); i++) {
+        char claims[128];
+        snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%s}", bad_exp[i]);
+        char *t = hs(HS_HDR, claims);
+        expect_why(&c, t, "bad_exp");
+        free(t);
+    }
+    static const char *const bad_time[] = {"1e300", "-1", "-1e300", "253402300800", "1e19"};
+    for (size_t i = 0; i < sizeof(bad_time) / sizeof(bad_time[0]); i++) {
+        char claims[128];
+        snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":1764320400,\"nbf\":%s}",
+                 bad_time[i]);
+        char *t = hs(HS_HDR, claims);
+        expect_why(&c, t, "bad_nbf");
+        free(t);
+        snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":1764320400,\"iat\":%s}",
+                 bad_time[i]);
+        t = hs(HS_HDR, claims);
+        expect_why(&c, t, "bad_iat");
+        free(t);
+    }
+    /* Numbers libjwt cannot hold (past a double, past an int64) are refused too, whatever the
+     * reason. */
+    static const char *const unholdable[] = {"1e999", "18446744073709551616", "-1e999"};
+    for (size_t i = 0; i < sizeof(unholdable) / sizeof(unholdable[0]); i++) {
+        char claims[128];
+        snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%s}", unholdable[i]);
+        char *t = hs(HS_HDR, claims);
+        auth_claims_t cl;
+        const char *why;
+        assert_int_equal(auth_verify(&c, t, strlen(t), NOW, &cl, &why), PD_EAUTH);
+        free(t);
+    }
+    /* Negative exps are in the past: expired, however far. */
+    hs_claims(&c, "{\"sub\":\"alice\",\"exp\":-1e300}", "expired");
+    hs_claims(&c, "{\"sub\":\"alice\",\"exp\":-9223372036854775808}", "expired");
+    char *t;
+    /* The bounds themselves are fine: the last second of year 9999, and 0 for nbf and iat. */
+    t = hs(HS_HDR, "{\"sub\":\"alice\",\"exp\":253402300799}");
+    expect_ok(&c, t, "alice", AUTH_TIME_MAX);
+    free(t);
+    t = hs(HS_HDR, "{\"sub\":\"alice\",\"exp\":253402300798.25,\"nbf\":0,\"iat\":0}");
+    expect_ok(&c, t, "alice", 253402300798.25);
+    free(t);
+    /* An exp of 0 is in range, and long past. */
+    hs_claims(&c, "{\"sub\":\"alice\",\"exp\":0}", "expired");
+    /* What the contract promises the expiry timer: the delay fits in milliseconds. */
+    assert_true((AUTH_TIME_MAX - NOW) * 1000.0 < 2.6e14);
+    auth_config_free(&c);
+}
+
 static void test_nbf_iat(void **state) {
     (void)state;
     auth_config_t c = hs_cfg();
@@ -1190,6 +1252,7 @@ int main(void) {
         cmocka_unit_test(test_valid_rs256),
         cmocka_unit_test(test_valid_es256),
         cmocka_unit_test(test_exp),
+        cmocka_unit_test(test_time_range),
         cmocka_unit_test(test_nbf_iat),
         cmocka_unit_test(test_bad_signature_each_segment),
         cmocka_unit_test(test_alg_none),

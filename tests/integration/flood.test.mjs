@@ -39,7 +39,9 @@ describe('flood of durable changes', () => {
 
     test('a bystander keeps answering; every change is acked and survives a SIGKILL', { timeout: 120000 }, async () => {
         dir = makeTemp('pd-flood-');
-        const flags = ['--data-dir', dir, '--heartbeat-ttl', '3'];
+        // Without the per-connection rate limit: the store must stand on its own against a
+        // single connection that pipelines (a limit of 200 a second would hide the problem).
+        const flags = ['--data-dir', dir, '--heartbeat-ttl', '3', '--rate-limit', '0'];
         d = await startPresenced(flags);
 
         const idle = await openUser(d, 'idle', { device: 'web' });

@@ -102,8 +102,8 @@ run_target() {
     local dir=$work/$1 corpus=$work/$1/corpus art=$findings/$1
     mkdir -p "$corpus" "$art"
     cp -f "$committed"/* "$corpus"/ 2>/dev/null || true
-    local before after start left runs=0 execs=0 n last=""
-    before=$(count_files "$committed")
+    local seeded before after start left runs=0 execs=0 n last=""
+    seeded=$(count_files "$committed")
     start=$(date +%s)
     left=$seconds
     while [ "$left" -gt 0 ] && [ "$runs" -le "$max_restarts" ]; do
@@ -129,6 +129,9 @@ run_target() {
     local cov ft
     cov=$(printf '%s\n' "$last" | sed -n 's/.* cov: \([0-9]*\).*/\1/p')
     ft=$(printf '%s\n' "$last" | sed -n 's/.* ft: \([0-9]*\).*/\1/p')
+    # Counted just before the merge: files added to the committed corpus meanwhile (by hand,
+    # or by another campaign) are not counted as merged.
+    before=$(count_files "$committed")
     if [ "$merge" = 1 ]; then
         # Only the work corpus's inputs that add coverage to the committed corpus are copied
         # into it. The merge runs each input once, so it is bounded like a corpus replay.
@@ -144,6 +147,7 @@ run_target() {
         echo "execs=$execs"
         echo "cov=${cov:-?}"
         echo "ft=${ft:-?}"
+        echo "seeded=$seeded"
         echo "before=$before"
         echo "after=$after"
         echo "findings=$found"
@@ -178,10 +182,10 @@ for t in "${targets[@]}"; do
     echo "   coverage:   cov: $(get cov) ft: $(get ft)"
     if [ "$merge" = 1 ]; then
         b=$(get before) a=$(get after)
-        echo "   corpus:     $b files before merge, $a after (+$((a - b)))"
+        echo "   corpus:     $b files before merge, $a after (+$((a - b))); seeded with $(get seeded)"
         if grep -q '^merge_failed=1' "$s"; then echo "   merge:      FAILED, see $work/$t/merge.log"; fi
     else
-        echo "   corpus:     $(get before) files (merge skipped)"
+        echo "   corpus:     $(get before) files (merge skipped); seeded with $(get seeded)"
     fi
     f=$(get findings)
     if [ -z "$f" ]; then

@@ -57,7 +57,8 @@ struct api {
     struct api_counters n;
 };
 
-/* A request waiting for an engine callback. The exchange stays valid until answered. */
+/* A request waiting for an engine callback. The exchange stays valid until answered, even if
+ * its client goes away meanwhile (http/exchange.h): every callback answers it exactly once. */
 struct areq {
     api_t *a;
     http_exchange_t *ex;
@@ -324,6 +325,16 @@ out:
     cJSON_Delete(body);
 }
 
+/* Between the two store calls of a write answered with a read: a client already gone is not
+ * worth the read. Answers (the answer is dropped) and frees r then; true when it did. */
+static bool client_gone(struct areq *r) {
+    if (http_exchange_alive(r->ex))
+        return false;
+    respond_error(r->ex, 503, "unavailable", "the client went away");
+    free(r);
+    return true;
+}
+
 static void updated_then_show(void *arg, int err) {
     struct areq *r = arg;
     if (err) {
@@ -331,6 +342,8 @@ static void updated_then_show(void *arg, int err) {
         free(r);
         return;
     }
+    if (client_gone(r))
+        return;
     r->single = true;
     pd_str_t user = {r->user, r->user_len};
     int rc = engine_query(r->a->engine, (pd_str_t){0}, &user, 1, presences_done, r);
@@ -544,6 +557,8 @@ static void privacy_set_done(void *arg, int err) {
         free(r);
         return;
     }
+    if (client_gone(r))
+        return;
     pd_str_t user = {r->user, r->user_len};
     int rc = engine_privacy_of(r->a->engine, user, privacy_done, r);
     if (rc) {
@@ -612,6 +627,13 @@ static void put_privacy(api_t *a, http_exchange_t *ex, const http_request_t *req
         id_list(ex, cJSON_GetObjectItemCaseSensitive(body, "blocked"), "blocked", &blocked,
                 &p.nblocked, max))
         goto out;
+    for (uint32_t i = 0; i < p.ncontacts + p.nblocked; i++) {
+        if (!privacy_entry_allowed(user,
+                                   i < p.ncontacts ? contacts[i] : blocked[i - p.ncontacts])) {
+            respond_error(ex, 400, "bad_user_id", PRIVACY_SELF_ENTRY_MESSAGE);
+            goto out;
+        }
+    }
     p.contacts = contacts;
     p.blocked = blocked;
     struct areq *r = areq_new(a, ex);
@@ -985,7 +1007,7 @@ static void open_stream(api_t *a, http_exchange_t *ex, const http_request_t *req
     s->st =
         http_exchange_stream(ex, 200, "text/event-stream", "X-Accel-Buffering: no\r\n", sse_end, s);
     if (!s->st)
-        goto err_free; /* the client is gone: nobody to answer */
+        goto err_free; /* answered all the same (the client is gone, or 503) */
     s->next = a->streams;
     if (a->streams)
         a->streams->prev = s;

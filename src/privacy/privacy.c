@@ -15,13 +15,21 @@ int privacy_visibility_parse(const char *s, size_t len) {
     return -1;
 }
 
+static bool same_user(pd_str_t a, pd_str_t b) {
+    return a.len == b.len && memcmp(a.s, b.s, a.len) == 0;
+}
+
 bool privacy_can_see(pd_str_t requester, pd_str_t target, uint8_t visibility, bool in_contacts,
                      bool blocked) {
-    if (requester.len == target.len && memcmp(requester.s, target.s, target.len) == 0)
+    if (same_user(requester, target))
         return true; /* a user always sees themselves, invisible or not */
     if (blocked)
         return false;
     if (visibility == PD_VIS_EVERYONE)
         return true;
     return visibility == PD_VIS_CONTACTS && in_contacts;
+}
+
+bool privacy_entry_allowed(pd_str_t owner, pd_str_t other) {
+    return !same_user(owner, other);
 }

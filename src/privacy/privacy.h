@@ -26,4 +26,12 @@ int privacy_visibility_parse(const char *s, size_t len);
 bool privacy_can_see(pd_str_t requester, pd_str_t target, uint8_t visibility, bool in_contacts,
                      bool blocked);
 
+/* May other be named in owner's contacts or blocked list (added, removed or set)? Anyone but
+ * owner: a user cannot be their own contact or block themselves (they always see themselves).
+ * Every path that changes the lists asks this: the WebSocket's privacy messages, the HTTP API's
+ * PUT .../privacy. Refusals are bad_user_id, PRIVACY_SELF_ENTRY_MESSAGE. */
+bool privacy_entry_allowed(pd_str_t owner, pd_str_t other);
+
+#define PRIVACY_SELF_ENTRY_MESSAGE "a user cannot be their own contact or block themselves"
+
 #endif

@@ -17,8 +17,10 @@
 //    WebSocket watchers and expires with it.
 //  - Channels: members walked by cursor (every member once, in byte order, pages bounded by
 //    limit) and count; limit validation; percent-encoded channel names.
-//  - Privacy GET/PUT round trip (lists sorted, replaced as a whole, list_full) and its effect
-//    on WebSocket watchers (bare offline on losing permission, full presence on gaining it).
+//  - Privacy GET/PUT round trip (lists sorted, replaced as a whole, list_full; the user as
+//    their own contact or blocked user refused with bad_user_id and the WebSocket's words) and
+//    its effect on WebSocket watchers (bare offline on losing permission, full presence on
+//    gaining it).
 //  - Disconnect: every connection of the user closes with 4002, its sessions end without a
 //    grace window (offline at once); explain: its fields.
 //  - /v1/events: presence changes and room joins/updates/leaves made over WebSocket arrive as
@@ -864,6 +866,31 @@ describe('privacy settings, disconnect and explain', () => {
         await c.close();
     });
 
+    test('a user cannot be their own contact or block themselves: 400 bad_user_id, as over the WebSocket', T, async () => {
+        const me = 'Émile-self';
+        const p = `/v1/users/${enc(me)}/privacy`;
+        const want = { user_id: me, visibility: 'contacts', contacts: ['amy'], blocked: ['mal'] };
+        assert.deepEqual(ok200(await api(d, 'PUT', p, { json: { visibility: 'contacts', contacts: ['amy'], blocked: ['mal'] } })), want);
+        // The WebSocket's refusal, for the meaning the API must match.
+        const c = await openClient(d, me);
+        const ws = await ask(c, { type: 'add_contact', user_id: me });
+        assert.deepEqual({ type: ws.type, code: ws.code }, { type: 'error', code: 'bad_user_id' }, JSON.stringify(ws));
+        for (const json of [
+            { contacts: [me] },
+            { blocked: [me] },
+            { visibility: 'contacts', contacts: ['amy', me], blocked: ['mal'] },
+            { contacts: ['amy'], blocked: ['mal', me] },
+        ]) {
+            const e = assertError(await api(d, 'PUT', p, { json }), 400, 'bad_user_id', `PUT ${JSON.stringify(json)}`);
+            assert.equal(e.message, ws.message, 'the same words as the WebSocket');
+        }
+        // Nothing changed; an id that only resembles the user's is someone else.
+        assert.deepEqual(ok200(await api(d, 'GET', p)), want);
+        assert.deepEqual(ok200(await api(d, 'PUT', p, { json: { contacts: [`${me}x`, 'émile-self'] } })).contacts,
+            ['Émile-selfx', 'émile-self']);
+        await c.close();
+    });
+
     test('a privacy PUT takes effect at once for WebSocket watchers', T, async () => {
         const t = await openUser(d, 'pt', { device: 'web', activity: 'focus' });
         const { c: amy } = await openWatcher(d, 'pt-amy', ['pt']);
@@ -1192,7 +1219,8 @@ describe('/v1/events', () => {
 describe('a slow /v1/events reader', () => {
     let d;
     before(async () => {
-        d = await startPresenced(daemonFlags(['--out-max', '64K']));
+        // The flood is the point: no per-connection message rate limit.
+        d = await startPresenced(daemonFlags(['--out-max', '64K', '--rate-limit', '0']));
     });
     after(() => stopDaemon(d));
 
@@ -1263,7 +1291,8 @@ describe('streams opened as a user on the Redis store (privacy checked asynchron
         let d;
         before(async () => {
             redis = await startRedis();
-            d = await startPresenced(daemonFlags(['--redis', redis.url]));
+            // Bursts of changes are the point: no per-connection message rate limit.
+            d = await startPresenced(daemonFlags(['--redis', redis.url, '--rate-limit', '0']));
             await eventually(async () => (await api(d, 'GET', '/readyz', { key: null })).status === 200, 10000, 'Redis ready');
         });
         after(async () => {

@@ -3,7 +3,18 @@
  * Lifetimes: a struct lroom lives while links refer to it (live links of open connections,
  * and lingering links of closed ones waiting out their grace window); the store is asked for
  * the room's events while it has live links. A link is freed once its connection left the
- * room (or its grace window ended) and no store call of its is in flight.
+ * room (or its grace window ended) and no store call of its is in flight. A struct ruser (a
+ * local user with links) lives while links or privacy reads refer to it.
+ *
+ * Privacy (ARCHITECTURE.md section 2, the rule: R may see T iff T does not block R; rooms
+ * override visibility, not blocks): every room message about a member T (member events,
+ * cursor, typing) carries T's hide list, the users T blocks, as T's node knows it; each node
+ * leaves those users' connections out as it delivers (a binary search per recipient, and
+ * only when the list is not empty), so a cursor costs no store call. T's node holds the
+ * list in T's struct ruser: read before T's first join goes to the store, changed at once
+ * by the store's room_privacy announcement of a block or unblock this node made (before the
+ * call's answer), read again on any other change; each change is written to the rooms T is
+ * in (store_room_hide), whose members then see T appear or disappear (STORE_ROOM_HIDDEN).
  */
 #include "rooms/rooms.h"
 
@@ -14,13 +25,31 @@
 
 enum { MODE_ANNOUNCE, MODE_INTERVAL };
 static const char *const mode_names[] = {"announce", "interval"};
-static const char *const reason_names[] = {"left", "disconnected", "timeout"};
+static const char *const reason_names[] = {"left", "disconnected", "timeout", "revoked"};
+
+static const char *reason_name(uint8_t reason) {
+    return reason < sizeof(reason_names) / sizeof(reason_names[0]) ? reason_names[reason] : "left";
+}
 
 /* A member's change not yet sent, in a room in interval mode. */
 struct dentry {
     hmap_node_t node;
-    pd_obuf_t *json; /* the member's latest JSON, when a member now */
+    pd_obuf_t *json;   /* the member's latest JSON, when a member now */
+    store_hide_t hide; /* whom the member is hidden from, as of the latest change (owned) */
     uint8_t was_member, is_member;
+    uint16_t id_len;
+    char id[];
+};
+
+/* A local user with links: whom they are hidden from (see the file head). */
+struct ruser {
+    hmap_node_t node;
+    pd_str_t *hide; /* sorted, distinct, one allocation; NULL when empty */
+    uint32_t nhide;
+    uint32_t refs; /* links and privacy reads */
+    uint32_t gen;  /* changes applied since loaded: a read older than one is stale */
+    bool loaded;
+    bool watched; /* store_watch of the user, for its room_privacy announcements */
     uint16_t id_len;
     char id[];
 };
@@ -55,11 +84,13 @@ struct rlink {
     int8_t typing;    /* pending typing signal, -1 none */
     uint8_t live : 1, lingering : 1;
     rooms_t *owner;
-    pd_str_t user; /* owned copy: store calls may outlive the session */
+    struct ruser *u; /* a reference: store calls may outlive the session */
+    pd_str_t user;   /* u's id */
 };
 
 struct rooms_counters {
-    uint64_t *joins, *leaves, *events, *deltas, *signals_in, *signals_out, *signals_coalesced;
+    uint64_t *joins, *leaves, *revoked, *events, *deltas, *signals_in, *signals_out,
+        *signals_coalesced;
     int64_t *links, *rooms;
 };
 
@@ -75,6 +106,7 @@ struct rooms {
     pd_log_t *log;
     events_t *events;
     hmap_t rooms;
+    hmap_t users;            /* user -> struct ruser */
     struct rlink *lingering; /* links in their grace window, through r_next/r_prev */
     struct rooms_counters n;
 };
@@ -86,7 +118,8 @@ struct rreq {
     rooms_members_cb members;
     engine_done_cb done;
     void *arg;
-    bool fresh; /* join: the link was made for this request */
+    bool fresh;        /* join: the link was made for this request */
+    pd_str_t metadata; /* join waiting for its user's hide list: the metadata (owned) */
 };
 
 static uint64_t dummy_counter;
@@ -112,6 +145,154 @@ static pd_str_t room_name(const struct lroom *lr) {
 
 static bool str_eq(pd_str_t a, pd_str_t b) {
     return a.len == b.len && memcmp(a.s, b.s, a.len) == 0;
+}
+
+/* --- Users and their hide lists --- */
+
+static bool ruser_eq(const hmap_node_t *n, const void *key, size_t len) {
+    const struct ruser *u = (const struct ruser *)n;
+    return u->id_len == len && memcmp(u->id, key, len) == 0;
+}
+
+static struct ruser *find_ruser(rooms_t *r, pd_str_t user) {
+    return (struct ruser *)hmap_find(&r->users, pd_hash(r->key, user.s, user.len), user.s, user.len,
+                                     ruser_eq);
+}
+
+static struct ruser *get_ruser(rooms_t *r, pd_str_t user) {
+    struct ruser *u = find_ruser(r, user);
+    if (!u) {
+        u = calloc(1, sizeof(*u) + user.len + 1);
+        if (!u)
+            return NULL;
+        u->id_len = (uint16_t)user.len;
+        memcpy(u->id, user.s, user.len);
+        hmap_insert(&r->users, &u->node, pd_hash(r->key, user.s, user.len));
+        /* Changes of the user's blocked list made elsewhere reach this node through it. */
+        u->watched = store_watch(r->store, user) == 0;
+    }
+    u->refs++;
+    return u;
+}
+
+static void put_ruser(rooms_t *r, struct ruser *u) {
+    if (--u->refs)
+        return;
+    if (u->watched)
+        store_unwatch(r->store, (pd_str_t){u->id, u->id_len});
+    hmap_remove(&r->users, &u->node);
+    free(u->hide);
+    free(u);
+}
+
+static store_hide_t hide_of(const struct ruser *u) {
+    return (store_hide_t){u->hide, u->nhide};
+}
+
+static int cmp_hide(const void *a, const void *b) {
+    return store_hide_cmp(*(const pd_str_t *)a, *(const pd_str_t *)b);
+}
+
+static void write_hide(rooms_t *r, struct ruser *u);
+
+/* Makes ids (any order) the user's hide list; once loaded, a change is written to the
+ * user's rooms. */
+static int set_user_hide(rooms_t *r, struct ruser *u, const pd_str_t *ids, uint32_t n) {
+    pd_str_t *sorted = malloc(sizeof(*sorted) * n + 1);
+    if (!sorted)
+        return PD_ENOMEM;
+    if (n) {
+        memcpy(sorted, ids, sizeof(*sorted) * n);
+        qsort(sorted, n, sizeof(*sorted), cmp_hide);
+    }
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (k == 0 || store_hide_cmp(sorted[k - 1], sorted[i]) != 0)
+            sorted[k++] = sorted[i];
+    store_hide_t next = {sorted, k}, now = hide_of(u);
+    if (u->loaded && store_hide_equal(&now, &next)) {
+        free(sorted);
+        return 0;
+    }
+    bool failed;
+    pd_str_t *copy = store_hide_dup(&next, &failed);
+    free(sorted);
+    if (failed)
+        return PD_ENOMEM;
+    free(u->hide);
+    u->hide = copy;
+    u->nhide = k;
+    if (!u->loaded) {
+        u->loaded = true;
+        return 0;
+    }
+    u->gen++;
+    write_hide(r, u);
+    return 0;
+}
+
+/* A block or unblock this node just made: applied now, before its answer reaches anyone. */
+static void apply_delta(rooms_t *r, struct ruser *u, int op, pd_str_t other) {
+    pd_str_t *ids = malloc(sizeof(*ids) * (u->nhide + 1));
+    if (!ids)
+        return;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < u->nhide; i++)
+        if (!str_eq(u->hide[i], other))
+            ids[n++] = u->hide[i];
+    if (op == STORE_PRIV_BLOCK)
+        ids[n++] = other;
+    set_user_hide(r, u, ids, n);
+    free(ids);
+}
+
+struct rreq;
+static void join_go(struct rreq *q, int err);
+
+/* A read of a user's blocked list; join: the join waiting for it. */
+struct pread {
+    rooms_t *r;
+    struct ruser *u;
+    uint32_t gen;
+    struct rreq *join;
+};
+
+static void privacy_read(void *arg, int err, const store_privacy_t *p) {
+    struct pread *pr = arg;
+    rooms_t *r = pr->r;
+    struct ruser *u = pr->u;
+    /* An answer older than a change applied since is stale: the change stands. */
+    if (!err && (!u->loaded || pr->gen == u->gen))
+        err = set_user_hide(r, u, p->blocked, p->nblocked);
+    if (pr->join)
+        join_go(pr->join, u->loaded ? 0 : err ? err : PD_EIO);
+    put_ruser(r, u);
+    free(pr);
+}
+
+static int read_hide(rooms_t *r, struct ruser *u, struct rreq *join) {
+    struct pread *pr = calloc(1, sizeof(*pr));
+    if (!pr)
+        return PD_ENOMEM;
+    *pr = (struct pread){.r = r, .u = u, .gen = u->gen, .join = join};
+    u->refs++;
+    int rc = store_privacy_get(r->store, (pd_str_t){u->id, u->id_len}, privacy_read, pr);
+    if (rc) {
+        u->refs--;
+        free(pr);
+    }
+    return rc;
+}
+
+static void on_room_privacy(void *ctx, pd_str_t user, int op, pd_str_t other) {
+    rooms_t *r = ctx;
+    struct ruser *u = find_ruser(r, user);
+    if (!u)
+        return;
+    if (u->loaded && other.s && (op == STORE_PRIV_BLOCK || op == STORE_PRIV_UNBLOCK))
+        apply_delta(r, u, op, other);
+    else if (op < 0 || !u->loaded)
+        read_hide(r, u, NULL); /* failed: the next change or resync reads it */
 }
 
 /* --- Rooms --- */
@@ -158,6 +339,7 @@ static void drop_pending(struct lroom *lr) {
         n = hmap_next(&lr->pending, n);
         hmap_remove(&lr->pending, &d->node);
         pd_obuf_release(d->json);
+        free((void *)d->hide.ids);
         free(d);
     }
 }
@@ -179,19 +361,25 @@ static void maybe_free_room(rooms_t *r, struct lroom *lr) {
 
 /* --- Delivery --- */
 
+static bool send_link(struct rlink *l, pd_obuf_t *frame) {
+    void *client = frame ? engine_session_client(l->s) : NULL;
+    return client && l->owner->ops.send(client, frame) == 0;
+}
+
 /* Sends frame (taking its reference) to the room's connections, except those of user (when
- * given). Returns how many it was queued to. */
-static uint64_t deliver(struct lroom *lr, pd_obuf_t *frame, pd_str_t except) {
-    rooms_t *r = lr->owner;
+ * given) and those of the users in hide. Returns how many it was queued to. */
+static uint64_t deliver(struct lroom *lr, pd_obuf_t *frame, pd_str_t except,
+                        const store_hide_t *hide) {
     uint64_t sent = 0;
     if (!frame)
         return 0;
+    bool filter = hide && hide->n;
     for (struct rlink *l = lr->links; l; l = l->r_next) {
         if (except.s && str_eq(l->user, except))
             continue;
-        void *client = engine_session_client(l->s);
-        if (client && r->ops.send(client, frame) == 0)
-            sent++;
+        if (filter && store_hide_has(hide, l->user))
+            continue; /* the member blocks this user: nothing of theirs reaches them */
+        sent += send_link(l, frame);
     }
     pd_obuf_release(frame);
     return sent;
@@ -222,8 +410,14 @@ static void accumulate(struct lroom *lr, const store_room_event_t *ev) {
         return;
     pd_obuf_release(d->json);
     d->json = NULL;
+    free((void *)d->hide.ids);
+    bool failed;
+    d->hide.ids = store_hide_dup(&ev->hide, &failed);
+    d->hide.n = failed ? 0 : ev->hide.n;
     d->is_member = ev->kind != STORE_ROOM_LEFT;
-    if (d->is_member)
+    if (failed) /* whom to hide it from is not known: nobody is told of it */
+        d->is_member = d->was_member;
+    else if (d->is_member)
         d->json = r->codec.member_json(ev->member);
     if (!wheel_timer_armed(&lr->timer))
         wheel_schedule(r->wheel, &lr->timer, now_ms(r) + r->cfg.interval_ms);
@@ -235,6 +429,58 @@ static void accumulate(struct lroom *lr, const store_room_event_t *ev) {
 #define DELTA_MEMBER_BYTES (64 * 1024)
 #define DELTA_LEFT_BYTES   (32 * 1024)
 
+/* The delta of the pending changes as viewer sees them (viewer.s NULL: all of them); NULL
+ * when there is nothing to tell. The arrays have room for every pending change. */
+static pd_obuf_t *build_delta(struct lroom *lr, pd_str_t viewer, pd_str_t *joined, pd_str_t *left,
+                              pd_str_t *updated) {
+    rooms_t *r = lr->owner;
+    size_t nj = 0, nl = 0, nu = 0, member_bytes = 0, left_bytes = 0;
+    uint32_t more[3] = {0};
+    for (hmap_node_t *hn = hmap_first(&lr->pending); hn; hn = hmap_next(&lr->pending, hn)) {
+        struct dentry *d = (struct dentry *)hn;
+        if (viewer.s && store_hide_has(&d->hide, viewer))
+            continue;
+        pd_str_t json = d->json ? (pd_str_t){(const char *)pd_obuf_payload(d->json),
+                                             pd_obuf_payload_len(d->json)}
+                                : (pd_str_t){0};
+        bool fits = member_bytes + json.len <= DELTA_MEMBER_BYTES;
+        if (!d->was_member && d->is_member && json.s) {
+            if (fits) {
+                joined[nj++] = json;
+                member_bytes += json.len;
+            } else {
+                more[0]++;
+            }
+        } else if (d->was_member && !d->is_member) {
+            if (left_bytes + d->id_len <= DELTA_LEFT_BYTES) {
+                left[nl++] = (pd_str_t){d->id, d->id_len};
+                left_bytes += d->id_len + 3u;
+            } else {
+                more[1]++;
+            }
+        } else if (d->was_member && d->is_member && json.s) {
+            if (fits) {
+                updated[nu++] = json;
+                member_bytes += json.len;
+            } else {
+                more[2]++;
+            }
+        }
+    }
+    if (nj + nl + nu + more[0] + more[1] + more[2] == 0)
+        return NULL;
+    (*r->n.deltas)++;
+    return r->codec.delta(room_name(lr), joined, nj, left, nl, updated, nu, more, lr->count);
+}
+
+/* Whether a pending change is hidden from user. */
+static bool delta_hides(struct lroom *lr, pd_str_t user) {
+    for (hmap_node_t *hn = hmap_first(&lr->pending); hn; hn = hmap_next(&lr->pending, hn))
+        if (store_hide_has(&((struct dentry *)hn)->hide, user))
+            return true;
+    return false;
+}
+
 static void flush_delta(struct lroom *lr) {
     rooms_t *r = lr->owner;
     size_t n = lr->pending.buckets ? lr->pending.count : 0;
@@ -242,44 +488,26 @@ static void flush_delta(struct lroom *lr) {
         return;
     pd_str_t *joined = malloc(sizeof(pd_str_t) * n), *left = malloc(sizeof(pd_str_t) * n),
              *updated = malloc(sizeof(pd_str_t) * n);
-    size_t nj = 0, nl = 0, nu = 0, member_bytes = 0, left_bytes = 0;
-    uint32_t more[3] = {0};
     if (joined && left && updated) {
-        for (hmap_node_t *hn = hmap_first(&lr->pending); hn; hn = hmap_next(&lr->pending, hn)) {
-            struct dentry *d = (struct dentry *)hn;
-            pd_str_t json = d->json ? (pd_str_t){(const char *)pd_obuf_payload(d->json),
-                                                 pd_obuf_payload_len(d->json)}
-                                    : (pd_str_t){0};
-            bool fits = member_bytes + json.len <= DELTA_MEMBER_BYTES;
-            if (!d->was_member && d->is_member && json.s) {
-                if (fits) {
-                    joined[nj++] = json;
-                    member_bytes += json.len;
-                } else {
-                    more[0]++;
+        bool any_hide = false;
+        for (hmap_node_t *hn = hmap_first(&lr->pending); hn && !any_hide;
+             hn = hmap_next(&lr->pending, hn))
+            any_hide = ((struct dentry *)hn)->hide.n > 0;
+        pd_obuf_t *all = build_delta(lr, (pd_str_t){0}, joined, left, updated);
+        if (!any_hide) {
+            (*r->n.events) += deliver(lr, all, (pd_str_t){0}, NULL);
+        } else {
+            /* Someone changed is hidden from some members: those get a delta of their own. */
+            for (struct rlink *l = lr->links; l; l = l->r_next) {
+                if (!delta_hides(lr, l->user)) {
+                    (*r->n.events) += send_link(l, all);
+                    continue;
                 }
-            } else if (d->was_member && !d->is_member) {
-                if (left_bytes + d->id_len <= DELTA_LEFT_BYTES) {
-                    left[nl++] = (pd_str_t){d->id, d->id_len};
-                    left_bytes += d->id_len + 3u;
-                } else {
-                    more[1]++;
-                }
-            } else if (d->was_member && d->is_member && json.s) {
-                if (fits) {
-                    updated[nu++] = json;
-                    member_bytes += json.len;
-                } else {
-                    more[2]++;
-                }
+                pd_obuf_t *mine = build_delta(lr, l->user, joined, left, updated);
+                (*r->n.events) += send_link(l, mine);
+                pd_obuf_release(mine);
             }
-        }
-        if (nj + nl + nu + more[0] + more[1] + more[2] > 0) {
-            (*r->n.deltas)++;
-            (*r->n.events) += deliver(
-                lr,
-                r->codec.delta(room_name(lr), joined, nj, left, nl, updated, nu, more, lr->count),
-                (pd_str_t){0});
+            pd_obuf_release(all);
         }
     }
     free(joined);
@@ -317,7 +545,7 @@ static void on_room_caused(void *ctx, const store_room_event_t *ev) {
     static const uint8_t kinds[] = {[STORE_ROOM_JOINED] = PD_EV_MEMBER_JOINED,
                                     [STORE_ROOM_LEFT] = PD_EV_MEMBER_LEFT,
                                     [STORE_ROOM_UPDATED] = PD_EV_MEMBER_UPDATED};
-    if (ev->kind == STORE_ROOM_SIGNAL)
+    if (ev->kind == STORE_ROOM_SIGNAL || ev->kind == STORE_ROOM_HIDDEN)
         return;
     events_publish(r->events, &(pd_event_t){.kind = kinds[ev->kind],
                                             .reason = ev->reason,
@@ -325,6 +553,37 @@ static void on_room_caused(void *ctx, const store_room_event_t *ev) {
                                             .user = ev->user,
                                             .room = ev->room,
                                             .member = ev->member});
+}
+
+/* The member's hide list changed: the users it now hides from see them leave (as if they
+ * left: nothing tells a block from a leave), those it shows itself to again see them join.
+ * A change of theirs not yet sent in a delta goes by the new list. */
+static void on_hidden(struct lroom *lr, const store_room_event_t *ev) {
+    rooms_t *r = lr->owner;
+    if (lr->pending.buckets) {
+        struct dentry *d =
+            (struct dentry *)hmap_find(&lr->pending, pd_hash(r->key, ev->user.s, ev->user.len),
+                                       ev->user.s, ev->user.len, dentry_eq);
+        bool failed;
+        pd_str_t *copy = d ? store_hide_dup(&ev->hide, &failed) : NULL;
+        if (d && !failed) {
+            free((void *)d->hide.ids);
+            d->hide = (store_hide_t){copy, ev->hide.n};
+        }
+    }
+    pd_obuf_t *gone = NULL, *back = NULL;
+    for (struct rlink *l = lr->links; l && ev->changed.n; l = l->r_next) {
+        if (str_eq(l->user, ev->user) || !store_hide_has(&ev->changed, l->user))
+            continue;
+        pd_obuf_t **f = store_hide_has(&ev->hide, l->user) ? &gone : &back;
+        if (!*f)
+            *f = f == &gone
+                     ? r->codec.member_left(ev->room, ev->user, "left", lr->count)
+                     : r->codec.member_event("member_joined", ev->room, ev->member, lr->count);
+        (*r->n.events) += send_link(l, *f);
+    }
+    pd_obuf_release(gone);
+    pd_obuf_release(back);
 }
 
 static void on_room_event(void *ctx, const store_room_event_t *ev) {
@@ -338,7 +597,11 @@ static void on_room_event(void *ctx, const store_room_event_t *ev) {
         bool cursor = ev->signal == STORE_SIGNAL_CURSOR;
         pd_obuf_t *f = r->codec.signal(cursor ? "cursor" : "typing", ev->room, ev->user,
                                        cursor ? "cursor" : "typing", ev->payload);
-        (*r->n.signals_out) += deliver(lr, f, ev->user);
+        (*r->n.signals_out) += deliver(lr, f, ev->user, &ev->hide);
+        return;
+    }
+    if (ev->kind == STORE_ROOM_HIDDEN) {
+        on_hidden(lr, ev);
         return;
     }
     update_mode(lr, ev->count);
@@ -350,12 +613,12 @@ static void on_room_event(void *ctx, const store_room_event_t *ev) {
     }
     pd_obuf_t *f;
     if (ev->kind == STORE_ROOM_LEFT)
-        f = r->codec.member_left(ev->room, ev->user, reason_names[ev->reason % 3], ev->count);
+        f = r->codec.member_left(ev->room, ev->user, reason_name(ev->reason), ev->count);
     else
         f = r->codec.member_event(ev->kind == STORE_ROOM_JOINED ? "member_joined"
                                                                 : "member_updated",
                                   ev->room, ev->member, ev->count);
-    (*r->n.events) += deliver(lr, f, ev->user);
+    (*r->n.events) += deliver(lr, f, ev->user, &ev->hide);
 }
 
 /* --- Links --- */
@@ -438,6 +701,7 @@ static void maybe_free_link(struct rlink *l) {
     wheel_cancel(r->wheel, &l->timer);
     free((char *)l->cursor.s);
     free((char *)l->md.s);
+    put_ruser(r, l->u);
     free(l);
     (*r->n.links)--;
     lr->refs--;
@@ -455,6 +719,28 @@ static void link_release(struct rlink *l) {
     wheel_cancel(l->owner->wheel, &l->timer);
 }
 
+static void send_frame(rooms_t *r, void *client, pd_obuf_t *frame) {
+    if (frame) {
+        r->ops.send(client, frame);
+        pd_obuf_release(frame);
+    }
+}
+
+/* The user's hide list changed: the rooms they are in here learn it (each node of theirs
+ * writes it; the store announces a change once). */
+static void write_hide(rooms_t *r, struct ruser *u) {
+    store_hide_t hide = hide_of(u);
+    for (hmap_node_t *h = hmap_first(&r->rooms); h; h = hmap_next(&r->rooms, h)) {
+        struct lroom *lr = (struct lroom *)h;
+        for (struct rlink *l = lr->links; l; l = l->r_next) {
+            if (l->u == u) {
+                store_room_hide(r->store, room_name(lr), l->user, &hide);
+                break;
+            }
+        }
+    }
+}
+
 /* --- Requests --- */
 
 static void members_for_state(void *arg, int err, const pd_member_t *ms, size_t n, uint32_t count,
@@ -470,6 +756,8 @@ static void members_for_state(void *arg, int err, const pd_member_t *ms, size_t 
     maybe_free_link(l);
 }
 
+static void join_fail(struct rreq *q, int err);
+
 static void joined(void *arg, int err, const pd_member_t *me, bool fresh, uint32_t count) {
     (void)me;
     (void)fresh;
@@ -477,19 +765,14 @@ static void joined(void *arg, int err, const pd_member_t *me, bool fresh, uint32
     struct rlink *l = q->link;
     rooms_t *r = q->r;
     if (err) {
-        l->pending--;
-        q->state(q->arg, err == PD_ELIMIT ? PD_ETOOBIG : err, NULL, NULL, 0, 0, false);
-        if (q->fresh)
-            link_release(l);
-        free(q);
-        maybe_free_link(l);
+        join_fail(q, err);
         return;
     }
     update_mode(l->room, count);
     (*r->n.joins)++;
     /* The answer carries the first page of members; the link stays pending until it is in. */
-    int rc = store_room_members(r->store, room_name(l->room), (pd_str_t){0}, r->cfg.state_members,
-                                members_for_state, q);
+    int rc = store_room_members(r->store, room_name(l->room), l->user, (pd_str_t){0},
+                                r->cfg.state_members, members_for_state, q);
     if (rc) {
         l->pending--;
         q->state(q->arg, rc, NULL, NULL, 0, 0, false);
@@ -511,11 +794,47 @@ static void remember_md(struct rlink *l, pd_str_t md) {
     l->md = (pd_str_t){copy, md.len};
 }
 
-static store_room_conn_t conn_of(session_t *s, uint64_t sid) {
+static store_room_conn_t conn_of(const struct rlink *l) {
     size_t dlen = 0;
-    const char *dev = engine_session_device(s, &dlen);
-    return (store_room_conn_t){
-        .sid = sid, .device = dev ? dev : "unknown", .device_len = dev ? dlen : 7};
+    const char *dev = engine_session_device(l->s, &dlen);
+    return (store_room_conn_t){.sid = l->sid,
+                               .device = dev ? dev : "unknown",
+                               .device_len = dev ? dlen : 7,
+                               .hide = hide_of(l->u)};
+}
+
+static void join_fail(struct rreq *q, int err) {
+    struct rlink *l = q->link;
+    l->pending--;
+    q->state(q->arg, err == PD_ELIMIT ? PD_ETOOBIG : err, NULL, NULL, 0, 0, false);
+    if (q->fresh)
+        link_release(l);
+    free((char *)q->metadata.s);
+    free(q);
+    maybe_free_link(l);
+}
+
+static int join_send(struct rreq *q, pd_str_t metadata) {
+    struct rlink *l = q->link;
+    rooms_t *r = q->r;
+    store_room_conn_t c = conn_of(l);
+    return store_room_join(r->store, room_name(l->room), l->user, &c, metadata, r->cfg.max_members,
+                           joined, q);
+}
+
+/* The joiner's hide list is in (err 0): the join goes to the store, unless the connection
+ * left the room (or closed) meanwhile. */
+static void join_go(struct rreq *q, int err) {
+    struct rlink *l = q->link;
+    if (!err && (!l->live || !l->s))
+        err = PD_ECLOSED;
+    pd_str_t md = q->metadata;
+    q->metadata = (pd_str_t){0}; /* the store copies what it keeps */
+    if (!err)
+        err = join_send(q, md);
+    free((char *)md.s);
+    if (err)
+        join_fail(q, err);
 }
 
 int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, rooms_state_cb cb,
@@ -530,9 +849,10 @@ int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, ro
         struct lroom *lr = get_room(r, channel);
         if (!lr)
             return PD_ENOMEM;
-        pd_str_t user = engine_session_user(s);
-        l = calloc(1, sizeof(*l) + user.len + 1);
-        if (!l) {
+        l = calloc(1, sizeof(*l));
+        struct ruser *u = l ? get_ruser(r, engine_session_user(s)) : NULL;
+        if (!u) {
+            free(l);
             maybe_free_room(r, lr);
             return PD_ENOMEM;
         }
@@ -540,8 +860,8 @@ int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, ro
         l->room = lr;
         l->s = s;
         l->sid = engine_session_id(s);
-        memcpy((char *)(l + 1), user.s, user.len);
-        l->user = (pd_str_t){(const char *)(l + 1), user.len};
+        l->u = u;
+        l->user = (pd_str_t){u->id, u->id_len};
         l->typing = -1;
         wheel_timer_init(&l->timer, link_timer);
         lr->refs++;
@@ -574,13 +894,26 @@ int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, ro
     q->fresh = fresh_link;
     remember_md(l, metadata);
     l->pending++;
-    store_room_conn_t c = conn_of(s, l->sid);
-    int rc =
-        store_room_join(r->store, channel, l->user, &c, metadata, r->cfg.max_members, joined, q);
+    int rc;
+    if (l->u->loaded) {
+        rc = join_send(q, metadata);
+    } else {
+        /* Nothing of the joiner goes out before it is known whom to hide it from. */
+        if (metadata.s) {
+            char *md = malloc(metadata.len + 1);
+            if (md) {
+                memcpy(md, metadata.s, metadata.len);
+                md[metadata.len] = '\0';
+            }
+            q->metadata = (pd_str_t){md, metadata.len};
+        }
+        rc = metadata.s && !q->metadata.s ? PD_ENOMEM : read_hide(r, l->u, q);
+    }
     if (rc == PD_ELIMIT)
         rc = PD_ETOOBIG; /* the member's connections in the room, not this connection's rooms */
     if (rc) {
         l->pending--;
+        free((char *)q->metadata.s);
         free(q);
         if (fresh_link) {
             link_release(l);
@@ -674,15 +1007,17 @@ int rooms_update(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, 
  * exactly cursor_hz would drift to fewer relays and more latency with every period. */
 static void emit(struct rlink *l, uint64_t at) {
     rooms_t *r = l->owner;
+    store_hide_t hide = hide_of(l->u);
     l->last_emit = at;
     if (l->cursor.s) {
-        store_room_signal(r->store, room_name(l->room), l->user, STORE_SIGNAL_CURSOR, l->cursor);
+        store_room_signal(r->store, room_name(l->room), l->user, STORE_SIGNAL_CURSOR, l->cursor,
+                          &hide);
         free((char *)l->cursor.s);
         l->cursor = (pd_str_t){0};
     }
     if (l->typing >= 0) {
         pd_str_t v = l->typing ? (pd_str_t){"true", 4} : (pd_str_t){"false", 5};
-        store_room_signal(r->store, room_name(l->room), l->user, STORE_SIGNAL_TYPING, v);
+        store_room_signal(r->store, room_name(l->room), l->user, STORE_SIGNAL_TYPING, v, &hide);
         l->typing = -1;
     }
 }
@@ -718,6 +1053,8 @@ int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_
     if (!l)
         return PD_ENOTFOUND;
     (*r->n.signals_in)++;
+    if (!l->u->loaded)
+        return 0; /* its join is not in yet: whom to hide it from is not known */
     /* Keep only the latest value; an earlier one not yet sent is replaced. */
     if (signal == STORE_SIGNAL_CURSOR) {
         char *copy = malloc(payload.len + 1);
@@ -769,7 +1106,7 @@ int rooms_members(rooms_t *r, pd_str_t channel, pd_str_t after, uint32_t limit, 
     q->r = r;
     q->members = cb;
     q->arg = arg;
-    int rc = store_room_members(r->store, channel, after, limit, members_done, q);
+    int rc = store_room_members(r->store, channel, (pd_str_t){0}, after, limit, members_done, q);
     if (rc)
         free(q);
     return rc;
@@ -777,6 +1114,49 @@ int rooms_members(rooms_t *r, pd_str_t channel, pd_str_t after, uint32_t limit, 
 
 int rooms_count(rooms_t *r, pd_str_t channel, rooms_count_cb cb, void *arg) {
     return store_room_count(r->store, channel, cb, arg);
+}
+
+int rooms_session_members(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t after,
+                          uint32_t limit, rooms_members_cb cb, void *arg) {
+    struct rlink *l = find_link(s, channel);
+    if (!l)
+        return PD_ENOTFOUND; /* members only: the room is shown to the room */
+    struct rreq *q = calloc(1, sizeof(*q));
+    if (!q)
+        return PD_ENOMEM;
+    q->r = r;
+    q->members = cb;
+    q->arg = arg;
+    int rc = store_room_members(r->store, channel, l->user, after, limit, members_done, q);
+    if (rc)
+        free(q);
+    return rc;
+}
+
+int rooms_session_count(rooms_t *r, session_t *s, pd_str_t channel, rooms_count_cb cb, void *arg) {
+    if (!find_link(s, channel))
+        return PD_ENOTFOUND;
+    return store_room_count(r->store, channel, cb, arg);
+}
+
+void rooms_revoke(rooms_t *r, session_t *s, const auth_claims_t *claims) {
+    void *client = engine_session_client(s);
+    for (struct rlink *l = *engine_session_rooms(s), *next; l; l = next) {
+        next = l->s_next;
+        pd_str_t name = room_name(l->room);
+        if (auth_channel_allowed(claims, name.s, name.len))
+            continue;
+        if (client)
+            send_frame(r, client,
+                       r->codec.signal("channel_left", name, l->user, "reason",
+                                       (pd_str_t){"\"revoked\"", 9}));
+        l->pending++; /* held across the release and the store call */
+        link_release(l);
+        leave_link(r, l, STORE_REMOVE_NOW, STORE_LEFT_REVOKED, NULL, NULL);
+        (*r->n.revoked)++;
+        l->pending--;
+        maybe_free_link(l);
+    }
 }
 
 void rooms_session_close(rooms_t *r, session_t *s, int how) {
@@ -823,6 +1203,8 @@ static void register_metrics(rooms_t *r, pd_metrics_t *m) {
     } while (0)
     COUNTER(joins, "presenced_room_joins_total", "Room joins by local connections");
     COUNTER(leaves, "presenced_room_leaves_total", "Explicit room leaves by local connections");
+    COUNTER(revoked, "presenced_room_revocations_total",
+            "Rooms left because a refreshed token no longer allowed them");
     COUNTER(events, "presenced_room_events_delivered_total",
             "member_joined/left/updated and channel_delta frames queued to local connections");
     COUNTER(deltas, "presenced_room_deltas_total", "channel_delta batches built");
@@ -856,7 +1238,7 @@ static void on_room_resync(void *ctx) {
         for (struct rlink *l = lr->links; l; l = l->r_next) {
             if (!l->s)
                 continue;
-            store_room_conn_t c = conn_of(l->s, l->sid);
+            store_room_conn_t c = conn_of(l);
             l->pending++;
             if (store_room_join(r->store, room_name(lr), l->user, &c, l->md, r->cfg.max_members,
                                 resync_joined, l) != 0)
@@ -880,12 +1262,13 @@ rooms_t *rooms_new(const rooms_config_t *cfg, engine_t *engine, store_t *store, 
     r->ops = *engine_client_ops(engine);
     r->codec = *codec;
     r->log = log;
-    if (hmap_init(&r->rooms, 64)) {
+    if (hmap_init(&r->rooms, 64) || hmap_init(&r->users, 64)) {
+        hmap_destroy(&r->rooms);
         free(r);
         return NULL;
     }
     register_metrics(r, metrics);
-    store_listen_rooms(store, r, on_room_event, on_room_caused, on_room_resync);
+    store_listen_rooms(store, r, on_room_event, on_room_caused, on_room_resync, on_room_privacy);
     return r;
 }
 
@@ -897,7 +1280,7 @@ void rooms_free(rooms_t *r) {
     if (!r)
         return;
     rooms_flush_lingering(r);
-    store_listen_rooms(r->store, NULL, NULL, NULL, NULL);
+    store_listen_rooms(r->store, NULL, NULL, NULL, NULL, NULL);
     /* Every connection is closed by now; what is left is rooms whose links wait for nothing. */
     for (hmap_node_t *n = hmap_first(&r->rooms); n;) {
         struct lroom *lr = (struct lroom *)n;
@@ -909,5 +1292,13 @@ void rooms_free(rooms_t *r) {
         free(lr);
     }
     hmap_destroy(&r->rooms);
+    for (hmap_node_t *n = hmap_first(&r->users); n;) {
+        struct ruser *u = (struct ruser *)n;
+        n = hmap_next(&r->users, n);
+        hmap_remove(&r->users, &u->node);
+        free(u->hide);
+        free(u);
+    }
+    hmap_destroy(&r->users);
     free(r);
 }

@@ -8,7 +8,15 @@
  * how events reach them: one event per change while a room is small, and above
  * announce_max members one channel_delta per interval (back below 80% of it, events again).
  *
- * Memory: 88 bytes per (connection, room) link; per room with local members 80 bytes + name.
+ * Privacy: the room is shown to the room. Its members and count are answered only to a
+ * connection in it, and a member is never shown to the users they block: not in member
+ * lists, no member events, no cursor or typing; a block or unblock takes effect on every
+ * delivery at once (rooms.c's head tells how). Visibility (invisible, contacts) does not
+ * apply inside a room: joining is explicit participation. The HTTP API (backends) is not
+ * filtered.
+ *
+ * Memory: 160 bytes per (connection, room) link; per room with local members 80 bytes + name;
+ * per local user with links 40 bytes + id + their hide list (each id + 17 bytes).
  */
 #ifndef PD_ROOMS_H
 #define PD_ROOMS_H
@@ -16,6 +24,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth/token.h"
 #include "engine/engine.h"
 #include "events/events.h"
 #include "log.h"
@@ -88,9 +97,22 @@ int rooms_update(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, 
  * PD_ENOTFOUND when the connection is not in channel. */
 int rooms_signal(rooms_t *r, session_t *s, pd_str_t channel, int signal, pd_str_t payload);
 
+/* A backend's view (the HTTP API): every member, whoever asks. */
 int rooms_members(rooms_t *r, pd_str_t channel, pd_str_t after, uint32_t limit, rooms_members_cb cb,
                   void *arg);
 int rooms_count(rooms_t *r, pd_str_t channel, rooms_count_cb cb, void *arg);
+
+/* A connection's view: PD_ENOTFOUND unless the session's connection is in channel; the
+ * members hiding from the session's user are left out (the count is every member's). */
+int rooms_session_members(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t after,
+                          uint32_t limit, rooms_members_cb cb, void *arg);
+int rooms_session_count(rooms_t *r, session_t *s, pd_str_t channel, rooms_count_cb cb, void *arg);
+
+/* The session's connection now runs on claims (a refreshed token): it leaves, at once, every
+ * room they no longer allow (others see member_left with reason "revoked" when it was the
+ * member's last connection there), and is sent channel_left {channel, user_id, reason:
+ * "revoked"} for each. */
+void rooms_revoke(rooms_t *r, session_t *s, const auth_claims_t *claims);
 
 /* The session's connection is gone: it leaves its rooms (after the grace window unless how
  * is ENGINE_END_TIMEOUT). Call before engine_session_close. */

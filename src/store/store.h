@@ -30,6 +30,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "presence/presence.h"
 
@@ -133,10 +135,81 @@ enum store_room_event_kind {
     STORE_ROOM_JOINED,  /* member: a new member */
     STORE_ROOM_LEFT,    /* user, reason: the member's last connection is gone */
     STORE_ROOM_UPDATED, /* member: metadata or devices changed */
-    STORE_ROOM_SIGNAL   /* user, signal, payload: ephemeral (cursor, typing), never stored */
+    STORE_ROOM_SIGNAL,  /* user, signal, payload: ephemeral (cursor, typing), never stored */
+    STORE_ROOM_HIDDEN   /* member, changed: the member's hide list changed (room_hide) */
 };
 
-enum store_leave_reason { STORE_LEFT, STORE_LEFT_DISCONNECTED, STORE_LEFT_TIMEOUT };
+/* The privacy rule in rooms: a member is never shown to the users they block (their entry,
+ * events and signals), whatever the room. A member's hide list is their blocked users as the
+ * node holding their connection last knew it: sorted bytewise, distinct. Every room event
+ * and signal carries the concerned member's list, so each node leaves those users' local
+ * connections out without asking anyone (privacy/privacy.h has the rule). */
+typedef struct store_hide {
+    const pd_str_t *ids;
+    uint32_t n;
+} store_hide_t;
+
+static inline int store_hide_cmp(pd_str_t a, pd_str_t b) {
+    int c = memcmp(a.s, b.s, a.len < b.len ? a.len : b.len);
+    return c ? c : (a.len > b.len) - (a.len < b.len);
+}
+
+/* True when hide holds id. O(log n). */
+static inline bool store_hide_has(const store_hide_t *hide, pd_str_t id) {
+    uint32_t lo = 0, hi = hide ? hide->n : 0;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = store_hide_cmp(hide->ids[mid], id);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* A copy of hide in one allocation (free() it); NULL for an empty list or out of memory
+ * (*n then 0 or not). */
+static inline pd_str_t *store_hide_dup(const store_hide_t *hide, bool *failed) {
+    *failed = false;
+    if (!hide || hide->n == 0)
+        return NULL;
+    size_t bytes = sizeof(pd_str_t) * hide->n;
+    for (uint32_t i = 0; i < hide->n; i++)
+        bytes += hide->ids[i].len + 1;
+    pd_str_t *out = malloc(bytes);
+    if (!out) {
+        *failed = true;
+        return NULL;
+    }
+    char *at = (char *)(out + hide->n);
+    for (uint32_t i = 0; i < hide->n; i++) {
+        memcpy(at, hide->ids[i].s, hide->ids[i].len);
+        at[hide->ids[i].len] = '\0';
+        out[i] = (pd_str_t){at, hide->ids[i].len};
+        at += hide->ids[i].len + 1;
+    }
+    return out;
+}
+
+/* Whether two hide lists hold the same users. */
+static inline bool store_hide_equal(const store_hide_t *a, const store_hide_t *b) {
+    if (a->n != b->n)
+        return false;
+    for (uint32_t i = 0; i < a->n; i++)
+        if (store_hide_cmp(a->ids[i], b->ids[i]) != 0)
+            return false;
+    return true;
+}
+
+enum store_leave_reason {
+    STORE_LEFT,
+    STORE_LEFT_DISCONNECTED,
+    STORE_LEFT_TIMEOUT,
+    STORE_LEFT_REVOKED /* the connection's token no longer allows the room (refresh) */
+};
 enum store_signal { STORE_SIGNAL_CURSOR, STORE_SIGNAL_TYPING };
 
 typedef struct store_room_event {
@@ -146,14 +219,17 @@ typedef struct store_room_event {
     uint32_t count; /* members after the change (SIGNAL: unspecified) */
     pd_str_t room;
     pd_str_t user;             /* the member concerned */
-    const pd_member_t *member; /* JOINED, UPDATED */
+    const pd_member_t *member; /* JOINED, UPDATED, HIDDEN */
     pd_str_t payload;          /* SIGNAL: JSON text */
+    store_hide_t hide;         /* every kind: whom the member concerned is hidden from */
+    store_hide_t changed;      /* HIDDEN: users now hidden from or shown the member (sorted) */
 } store_room_event_t;
 
 typedef struct store_room_conn {
     uint64_t sid; /* the connection's session id, unique per node */
     const char *device;
     size_t device_len;
+    store_hide_t hide; /* the member's hide list: replaces the one the store has */
 } store_room_conn_t;
 
 /* join: me is the joiner's member view; fresh tells whether they just became a member. */
@@ -185,6 +261,11 @@ typedef struct store_listener {
     void (*room_event)(void *room_ctx, const store_room_event_t *ev);
     void (*room_caused)(void *room_ctx, const store_room_event_t *ev);
     void (*room_resync)(void *room_ctx);
+    /* user's blocked users changed: op STORE_PRIV_BLOCK / STORE_PRIV_UNBLOCK with other when
+     * this node made that one change (announced before the call's callback), -1 when the
+     * list must be read again. Announced for users this node watches (rooms watch their
+     * local members). */
+    void (*room_privacy)(void *room_ctx, pd_str_t user, int op, pd_str_t other);
 } store_listener_t;
 
 /* Totals a store can tell cheaply, for metrics. */
@@ -264,12 +345,18 @@ typedef struct store_ops {
     /* Replaces the member's metadata. PD_ENOTFOUND (via the callback) for a non-member. */
     int (*room_update)(store_t *st, pd_str_t room, pd_str_t user, pd_str_t metadata,
                        store_done_cb cb, void *arg);
-    /* Up to limit members with user ids after `after` (empty: from the start). */
-    int (*room_members)(store_t *st, pd_str_t room, pd_str_t after, uint32_t limit,
-                        store_members_cb cb, void *arg);
+    /* Up to limit members with user ids after `after` (empty: from the start), leaving out
+     * the members hiding from requester (none left out when requester.s is NULL). */
+    int (*room_members)(store_t *st, pd_str_t room, pd_str_t requester, pd_str_t after,
+                        uint32_t limit, store_members_cb cb, void *arg);
     int (*room_count)(store_t *st, pd_str_t room, store_count_cb cb, void *arg);
-    /* Relays an ephemeral signal of user to every node watching the room. Not stored. */
-    int (*room_signal)(store_t *st, pd_str_t room, pd_str_t user, int signal, pd_str_t payload);
+    /* Relays an ephemeral signal of user (hidden from hide) to every node watching the room.
+     * Not stored. */
+    int (*room_signal)(store_t *st, pd_str_t room, pd_str_t user, int signal, pd_str_t payload,
+                       const store_hide_t *hide);
+    /* Replaces the member's hide list; when it changed, announces STORE_ROOM_HIDDEN with the
+     * users whose view of the member flipped. Nothing for a non-member. */
+    int (*room_hide)(store_t *st, pd_str_t room, pd_str_t user, const store_hide_t *hide);
     /* As watch/unwatch, for a room's events. */
     int (*room_watch)(store_t *st, pd_str_t room);
     void (*room_unwatch)(store_t *st, pd_str_t room);
@@ -295,11 +382,13 @@ static inline void store_listen_presence(store_t *st, void *ctx,
 static inline void store_listen_rooms(store_t *st, void *ctx,
                                       void (*event)(void *, const store_room_event_t *),
                                       void (*caused)(void *, const store_room_event_t *),
-                                      void (*resync)(void *)) {
+                                      void (*resync)(void *),
+                                      void (*privacy)(void *, pd_str_t, int, pd_str_t)) {
     st->listener.room_ctx = ctx;
     st->listener.room_event = event;
     st->listener.room_caused = caused;
     st->listener.room_resync = resync;
+    st->listener.room_privacy = privacy;
 }
 static inline int store_session_upsert(store_t *st, pd_str_t user, const store_session_t *s,
                                        const store_user_fields_t *f, store_presence_cb cb,
@@ -356,16 +445,20 @@ static inline int store_room_update(store_t *st, pd_str_t room, pd_str_t user, p
                                     store_done_cb cb, void *arg) {
     return st->ops->room_update(st, room, user, metadata, cb, arg);
 }
-static inline int store_room_members(store_t *st, pd_str_t room, pd_str_t after, uint32_t limit,
-                                     store_members_cb cb, void *arg) {
-    return st->ops->room_members(st, room, after, limit, cb, arg);
+static inline int store_room_members(store_t *st, pd_str_t room, pd_str_t requester, pd_str_t after,
+                                     uint32_t limit, store_members_cb cb, void *arg) {
+    return st->ops->room_members(st, room, requester, after, limit, cb, arg);
 }
 static inline int store_room_count(store_t *st, pd_str_t room, store_count_cb cb, void *arg) {
     return st->ops->room_count(st, room, cb, arg);
 }
 static inline int store_room_signal(store_t *st, pd_str_t room, pd_str_t user, int signal,
-                                    pd_str_t payload) {
-    return st->ops->room_signal(st, room, user, signal, payload);
+                                    pd_str_t payload, const store_hide_t *hide) {
+    return st->ops->room_signal(st, room, user, signal, payload, hide);
+}
+static inline int store_room_hide(store_t *st, pd_str_t room, pd_str_t user,
+                                  const store_hide_t *hide) {
+    return st->ops->room_hide(st, room, user, hide);
 }
 static inline int store_room_watch(store_t *st, pd_str_t room) {
     return st->ops->room_watch(st, room);

@@ -76,6 +76,8 @@ struct lr_member {
     uint32_t metadata_len;
     uint32_t nconns;
     double joined_at, last_seen;
+    pd_str_t *hide; /* the member's hide list (store_hide_t), one allocation; NULL: empty */
+    uint32_t nhide;
     uint16_t id_len;
     char id[];
 };
@@ -986,6 +988,10 @@ static int ls_privacy_get(store_t *base, pd_str_t user, store_privacy_cb cb, voi
 static void announce_privacy(struct store_local *st, struct ls_user *u) {
     if (st->base.listener.privacy_changed)
         st->base.listener.privacy_changed(st->base.listener.ctx, (pd_str_t){u->id, u->id_len});
+    /* Rooms read the blocked list again (at once: this store answers before returning). */
+    if (st->base.listener.room_privacy)
+        st->base.listener.room_privacy(st->base.listener.room_ctx, (pd_str_t){u->id, u->id_len}, -1,
+                                       (pd_str_t){0});
 }
 
 static struct ls_name *name_new(pd_str_t id) {
@@ -1333,7 +1339,7 @@ static void announce_room(struct store_local *st, const store_room_event_t *ev) 
 }
 
 static void announce_member(struct store_local *st, struct lr_room *r, struct lr_member *m,
-                            int kind) {
+                            int kind, const store_hide_t *changed) {
     if (!st->base.listener.room_event)
         return;
     const char *devs[PD_SESSIONS_PER_USER_MAX];
@@ -1347,7 +1353,10 @@ static void announce_member(struct store_local *st, struct lr_room *r, struct lr
                              .count = r->count,
                              .room = {r->name, r->name_len},
                              .user = {m->id, m->id_len},
-                             .member = &v};
+                             .member = &v,
+                             .hide = {m->hide, m->nhide}};
+    if (changed)
+        ev.changed = *changed;
     announce_room(st, &ev);
     if (dv != devs)
         free(dv);
@@ -1391,7 +1400,50 @@ static void remove_member(struct store_local *st, struct lr_room *r, struct lr_m
     while (m->conns)
         drop_conn(st, m, &m->conns);
     free(m->metadata);
+    free(m->hide);
     free(m);
+}
+
+/* The users in exactly one of a and b (both sorted), into out (room for a->n + b->n). */
+static uint32_t hide_diff(const store_hide_t *a, const store_hide_t *b, pd_str_t *out) {
+    uint32_t i = 0, j = 0, n = 0;
+    while (i < a->n || j < b->n) {
+        int c = i == a->n ? 1 : j == b->n ? -1 : store_hide_cmp(a->ids[i], b->ids[j]);
+        if (c < 0)
+            out[n++] = a->ids[i++];
+        else if (c > 0)
+            out[n++] = b->ids[j++];
+        else
+            i++, j++;
+    }
+    return n;
+}
+
+/* Replaces the member's hide list; a member others saw already announces whom that shows
+ * it to or hides it from (STORE_ROOM_HIDDEN). */
+static int set_hide(struct store_local *st, struct lr_room *r, struct lr_member *m,
+                    const store_hide_t *hide, bool announce) {
+    store_hide_t old = {m->hide, m->nhide}, none = {0};
+    if (!hide)
+        hide = &none;
+    if (store_hide_equal(&old, hide))
+        return 0;
+    bool failed;
+    pd_str_t *copy = store_hide_dup(hide, &failed);
+    pd_str_t *flips = malloc(sizeof(pd_str_t) * (old.n + hide->n) + 1);
+    if (failed || !flips) {
+        free(copy);
+        free(flips);
+        return PD_ENOMEM;
+    }
+    m->hide = copy;
+    m->nhide = hide->n;
+    store_hide_t changed = {flips, hide_diff(&old, hide, flips)};
+    if (announce)
+        announce_member(st, r, m, STORE_ROOM_HIDDEN, &changed);
+    free(flips);
+    free((void *)old.ids);
+    return 0;
 }
 
 static int ls_room_join(store_t *base, pd_str_t room, pd_str_t user, const store_room_conn_t *in,
@@ -1430,6 +1482,11 @@ static int ls_room_join(store_t *base, pd_str_t room, pd_str_t user, const store
         memcpy(m->id, user.s, user.len);
         m->joined_at = now;
         if (set_metadata(m, metadata.s ? metadata : (pd_str_t){"{}", 2})) {
+            free(m);
+            goto err_room;
+        }
+        if (set_hide(st, r, m, &in->hide, false)) {
+            free(m->metadata);
             free(m);
             goto err_room;
         }
@@ -1491,10 +1548,12 @@ static int ls_room_join(store_t *base, pd_str_t room, pd_str_t user, const store
         if (set_metadata(m, metadata) == 0)
             changed = true;
     }
+    if (!fresh)
+        set_hide(st, r, m, &in->hide, true); /* out of memory: the list it had stays */
     if (fresh)
-        announce_member(st, r, m, STORE_ROOM_JOINED);
+        announce_member(st, r, m, STORE_ROOM_JOINED, NULL);
     else if (changed)
-        announce_member(st, r, m, STORE_ROOM_UPDATED);
+        announce_member(st, r, m, STORE_ROOM_UPDATED, NULL);
     if (cb) {
         const char *devs[PD_SESSIONS_PER_USER_MAX + 1];
         pd_member_t v;
@@ -1545,15 +1604,19 @@ static int ls_room_leave(store_t *base, pd_str_t room, pd_str_t user, uint64_t s
         char id[PD_USER_ID_MAX + 1];
         size_t idlen = m->id_len;
         memcpy(id, m->id, idlen);
+        store_hide_t hide = {m->hide, m->nhide};
+        m->hide = NULL; /* kept for the event */
         remove_member(st, r, m);
         if (st->base.listener.room_event) {
             store_room_event_t ev = {.kind = STORE_ROOM_LEFT,
                                      .reason = (uint8_t)reason,
                                      .count = r->count,
                                      .room = {r->name, r->name_len},
-                                     .user = {id, idlen}};
+                                     .user = {id, idlen},
+                                     .hide = hide};
             announce_room(st, &ev);
         }
+        free((void *)hide.ids);
         free_room_if_empty(st, r);
     } else {
         const char *before[PD_SESSIONS_PER_USER_MAX + 1], *after[PD_SESSIONS_PER_USER_MAX + 1];
@@ -1565,7 +1628,7 @@ static int ls_room_leave(store_t *base, pd_str_t room, pd_str_t user, uint64_t s
         for (uint32_t i = 0; !changed && i < av.ndevices; i++)
             changed = av.devices[i] != bv.devices[i];
         if (changed)
-            announce_member(st, r, m, STORE_ROOM_UPDATED);
+            announce_member(st, r, m, STORE_ROOM_UPDATED, NULL);
     }
     if (cb)
         cb(arg, 0, false);
@@ -1587,14 +1650,19 @@ static int ls_room_update(store_t *base, pd_str_t room, pd_str_t user, pd_str_t 
         return PD_ENOMEM;
     m->last_seen = pd_clock_wall(&st->clock);
     if (changed)
-        announce_member(st, r, m, STORE_ROOM_UPDATED);
+        announce_member(st, r, m, STORE_ROOM_UPDATED, NULL);
     if (cb)
         cb(arg, 0);
     return 0;
 }
 
-static int ls_room_members(store_t *base, pd_str_t room, pd_str_t after, uint32_t limit,
-                           store_members_cb cb, void *arg) {
+static bool hides(const struct lr_member *m, pd_str_t requester) {
+    store_hide_t h = {m->hide, m->nhide};
+    return requester.s && store_hide_has(&h, requester);
+}
+
+static int ls_room_members(store_t *base, pd_str_t room, pd_str_t requester, pd_str_t after,
+                           uint32_t limit, store_members_cb cb, void *arg) {
     struct store_local *st = (struct store_local *)base;
     struct lr_room *r = find_room(st, room);
     if (!r) {
@@ -1602,10 +1670,15 @@ static int ls_room_members(store_t *base, pd_str_t room, pd_str_t after, uint32_
         return 0;
     }
     uint32_t start = after.len ? sorted_lower(r, after.s, after.len, false) : 0;
-    uint32_t n = r->count - start < limit ? r->count - start : limit;
+    /* The page: the next limit members the requester may see (the others are skipped). */
+    uint32_t end = start, n = 0;
     size_t ndevs = 0;
-    for (uint32_t i = 0; i < n; i++)
-        ndevs += r->sorted[start + i]->nconns;
+    for (; end < r->count && n < limit; end++) {
+        if (hides(r->sorted[end], requester))
+            continue;
+        ndevs += r->sorted[end]->nconns;
+        n++;
+    }
     pd_member_t *ms = malloc(sizeof(*ms) * n + 1);
     const char **devs = malloc(sizeof(*devs) * ndevs + 1);
     if (!ms || !devs) {
@@ -1614,11 +1687,17 @@ static int ls_room_members(store_t *base, pd_str_t room, pd_str_t after, uint32_
         return PD_ENOMEM;
     }
     size_t off = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        member_view(r->sorted[start + i], &ms[i], devs + off);
-        off += ms[i].ndevices;
+    uint32_t k = 0;
+    for (uint32_t i = start; i < end; i++) {
+        if (hides(r->sorted[i], requester))
+            continue;
+        member_view(r->sorted[i], &ms[k], devs + off);
+        off += ms[k++].ndevices;
     }
-    cb(arg, 0, ms, n, r->count, start + n < r->count);
+    bool more = false;
+    for (uint32_t i = end; i < r->count && !more; i++)
+        more = !hides(r->sorted[i], requester);
+    cb(arg, 0, ms, n, r->count, more);
     free(ms);
     free(devs);
     return 0;
@@ -1631,8 +1710,8 @@ static int ls_room_count(store_t *base, pd_str_t room, store_count_cb cb, void *
     return 0;
 }
 
-static int ls_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signal,
-                          pd_str_t payload) {
+static int ls_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signal, pd_str_t payload,
+                          const store_hide_t *hide) {
     struct store_local *st = (struct store_local *)base;
     if (!st->base.listener.room_event)
         return 0;
@@ -1641,8 +1720,17 @@ static int ls_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signa
                              .room = room,
                              .user = user,
                              .payload = payload};
+    if (hide)
+        ev.hide = *hide;
     announce_room(st, &ev);
     return 0;
+}
+
+static int ls_room_hide(store_t *base, pd_str_t room, pd_str_t user, const store_hide_t *hide) {
+    struct store_local *st = (struct store_local *)base;
+    struct lr_room *r = find_room(st, room);
+    struct lr_member *m = r ? find_member(st, r, user) : NULL;
+    return m ? set_hide(st, r, m, hide, true) : 0;
 }
 
 static int ls_room_watch(store_t *base, pd_str_t room) {
@@ -1688,6 +1776,7 @@ static const store_ops_t local_ops = {
     .room_members = ls_room_members,
     .room_count = ls_room_count,
     .room_signal = ls_room_signal,
+    .room_hide = ls_room_hide,
     .room_watch = ls_room_watch,
     .room_unwatch = ls_room_unwatch,
     .destroy = ls_destroy,

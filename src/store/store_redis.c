@@ -33,6 +33,7 @@ enum script_id {
     S_ROOM_LEAVE,
     S_ROOM_UPDATE,
     S_ROOM_MEMBERS,
+    S_ROOM_HIDE,
     S_COUNT
 };
 
@@ -201,6 +202,7 @@ static int load_scripts(store_redis_t *st) {
         {S_ROOM_LEAVE, lua_room_leave, true},
         {S_ROOM_UPDATE, lua_room_update, true},
         {S_ROOM_MEMBERS, lua_room_members, true},
+        {S_ROOM_HIDE, lua_room_hide, true},
     };
     for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
         struct script *s = &st->scripts[defs[i].id];
@@ -373,7 +375,34 @@ static bool to_member(const cJSON *j, pd_member_t *m, const char **devs, char **
     return true;
 }
 
-/* A room event ({"t":"j|l|u|s","r","u","c","m"|"why"|"sg","p"}) to the listener's call. */
+static int cmp_ids(const void *a, const void *b) {
+    return store_hide_cmp(*(const pd_str_t *)a, *(const pd_str_t *)b);
+}
+
+/* A hide list (a JSON array of ids, key absent: empty) into a sorted array pointing into j;
+ * *arr to free. False when out of memory: the event is then not announced (it must not reach
+ * the users it is hidden from). */
+static bool to_hide(const cJSON *j, const char *key, store_hide_t *out, pd_str_t **arr) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, key);
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
+    *arr = NULL;
+    *out = (store_hide_t){0};
+    if (n <= 0)
+        return true;
+    *arr = malloc(sizeof(pd_str_t) * (size_t)n);
+    if (!*arr)
+        return false;
+    uint32_t k = 0;
+    for (const cJSON *x = a->child; x; x = x->next)
+        if (cJSON_IsString(x))
+            (*arr)[k++] = (pd_str_t){x->valuestring, strlen(x->valuestring)};
+    qsort(*arr, k, sizeof(pd_str_t), cmp_ids);
+    *out = (store_hide_t){*arr, k};
+    return true;
+}
+
+/* A room event ({"t":"j|l|u|s|h","r","u","c","m"|"why"|"sg","p","b","x"}) to the listener's
+ * call. */
 static void announce_room_event(store_redis_t *st, const cJSON *j, bool caused) {
     const char *t = str(j, "t"), *room = str(j, "r"), *user = str(j, "u");
     if (!t || !room || !user)
@@ -384,12 +413,22 @@ static void announce_room_event(store_redis_t *st, const cJSON *j, bool caused) 
     const char *devs[ROOM_CONNS_MAX];
     char *md = NULL;
     char *payload = NULL;
+    pd_str_t *hide = NULL, *flips = NULL;
+    if (!to_hide(j, "b", &ev.hide, &hide))
+        return;
     switch (t[0]) {
     case 'j':
     case 'u':
-        if (!to_member(cJSON_GetObjectItemCaseSensitive(j, "m"), &m, devs, &md))
+    case 'h':
+        if (!to_member(cJSON_GetObjectItemCaseSensitive(j, "m"), &m, devs, &md) ||
+            (t[0] == 'h' && !to_hide(j, "x", &ev.changed, &flips))) {
+            cJSON_free(md);
+            free(hide);
             return;
-        ev.kind = t[0] == 'j' ? STORE_ROOM_JOINED : STORE_ROOM_UPDATED;
+        }
+        ev.kind = t[0] == 'j'   ? STORE_ROOM_JOINED
+                  : t[0] == 'u' ? STORE_ROOM_UPDATED
+                                : STORE_ROOM_HIDDEN;
         ev.member = &m;
         break;
     case 'l':
@@ -400,12 +439,15 @@ static void announce_room_event(store_redis_t *st, const cJSON *j, bool caused) 
         ev.kind = STORE_ROOM_SIGNAL;
         ev.signal = (uint8_t)num(j, "sg");
         payload = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "p"));
-        if (!payload)
+        if (!payload) {
+            free(hide);
             return;
+        }
         ev.payload = (pd_str_t){payload, strlen(payload)};
         break;
     }
     default:
+        free(hide);
         return;
     }
     store_listener_t *l = &st->base.listener;
@@ -415,6 +457,8 @@ static void announce_room_event(store_redis_t *st, const cJSON *j, bool caused) 
         l->room_event(l->room_ctx, &ev);
     cJSON_free(md);
     cJSON_free(payload);
+    free(hide);
+    free(flips);
 }
 
 static bool watch_eq(const hmap_node_t *n, const void *key, size_t len) {
@@ -473,6 +517,8 @@ static void on_message(void *ctx, const char *channel, size_t clen, const char *
         const char *u = str(j, "u");
         if (u && l->privacy_changed)
             l->privacy_changed(l->ctx, (pd_str_t){u, strlen(u)});
+        if (u && l->room_privacy)
+            l->room_privacy(l->room_ctx, (pd_str_t){u, strlen(u)}, -1, (pd_str_t){0});
     } else {
         announce_room_event(st, j, false);
     }
@@ -1096,6 +1142,9 @@ struct privcall {
     store_explain_cb xcb;
     void *arg;
     size_t n;
+    int op;            /* a block or unblock: told to rooms once done (ulen > 0) */
+    size_t ulen, olen; /* user and other in ids */
+    char ids[];
 };
 
 static void priv_get_done(void *arg, const redisReply *r, int err) {
@@ -1165,6 +1214,12 @@ static void done_reply(void *arg, const redisReply *r, int err) {
         return;
     if (!err && r->type == REDIS_REPLY_ERROR)
         err = strncmp(r->str, "LIMIT", 5) == 0 ? PD_ELIMIT : PD_EIO;
+    /* Rooms apply this node's block at once, before its answer (the change's message on the
+     * user's channel comes later). */
+    store_listener_t *l = &c->st->base.listener;
+    if (!err && c->ulen && l->room_privacy)
+        l->room_privacy(l->room_ctx, (pd_str_t){c->ids, c->ulen}, c->op,
+                        (pd_str_t){c->ids + c->ulen + 1, c->olen});
     if (c->dcb)
         c->dcb(c->arg, err);
     free(c);
@@ -1182,9 +1237,17 @@ static int rd_privacy_change(store_t *base, pd_str_t user, int op, uint8_t visib
     size_t ml = (size_t)snprintf(max, sizeof(max), "%u", max_entries);
     const char *args[] = {user.s, ops, vis, other.s ? other.s : "", max};
     size_t alens[] = {user.len, ol, vl, other.s ? other.len : 0, ml};
-    struct privcall *pc = calloc(1, sizeof(*pc));
+    bool block = (op == STORE_PRIV_BLOCK || op == STORE_PRIV_UNBLOCK) && other.s;
+    struct privcall *pc = calloc(1, sizeof(*pc) + (block ? user.len + other.len + 2 : 0));
     if (!pc)
         return PD_ENOMEM;
+    if (block) {
+        pc->op = op;
+        pc->ulen = user.len;
+        pc->olen = other.len;
+        memcpy(pc->ids, user.s, user.len);
+        memcpy(pc->ids + user.len + 1, other.s, other.len);
+    }
     pc->st = st;
     pc->dcb = cb;
     pc->arg = arg;
@@ -1469,6 +1532,24 @@ static void join_done(void *arg, const redisReply *r, int err) {
     free(c);
 }
 
+/* A hide list as a JSON array (the scripts' and the signals' form). */
+static void jw_hide(jsonw_t *w, const store_hide_t *hide) {
+    jw_arr(w);
+    for (uint32_t i = 0; hide && i < hide->n; i++)
+        jw_str(w, hide->ids[i].s, hide->ids[i].len);
+    jw_arr_end(w);
+}
+
+static pd_obuf_t *hide_json(const store_hide_t *hide) {
+    size_t hint = 8;
+    for (uint32_t i = 0; hide && i < hide->n; i++)
+        hint += hide->ids[i].len + 8;
+    jsonw_t w;
+    jw_init(&w, hint);
+    jw_hide(&w, hide);
+    return jw_finish(&w);
+}
+
 static int rd_room_join(store_t *base, pd_str_t room, pd_str_t user, const store_room_conn_t *in,
                         pd_str_t metadata, uint32_t max_members, store_join_cb cb, void *arg) {
     store_redis_t *st = (store_redis_t *)base;
@@ -1478,18 +1559,37 @@ static int rd_room_join(store_t *base, pd_str_t room, pd_str_t user, const store
     size_t ckl = (size_t)snprintf(ck, sizeof(ck), "%s/%llu", st->node, (unsigned long long)in->sid);
     size_t mml = (size_t)snprintf(maxm, sizeof(maxm), "%u", max_members);
     size_t mcl = (size_t)snprintf(maxc, sizeof(maxc), "%d", ROOM_CONNS_MAX);
-    const char *args[] = {room.s, user.s, ck, in->device, metadata.s ? metadata.s : "", maxm, maxc};
-    size_t alens[] = {room.len, user.len, ckl, in->device_len, metadata.s ? metadata.len : 0,
-                      mml,      mcl};
-    struct roomcall *c = calloc(1, sizeof(*c));
-    if (!c)
+    pd_obuf_t *hj = hide_json(&in->hide);
+    if (!hj)
         return PD_ENOMEM;
+    const char *args[] = {room.s,
+                          user.s,
+                          ck,
+                          in->device,
+                          metadata.s ? metadata.s : "",
+                          maxm,
+                          maxc,
+                          (const char *)pd_obuf_payload(hj)};
+    size_t alens[] = {room.len,
+                      user.len,
+                      ckl,
+                      in->device_len,
+                      metadata.s ? metadata.len : 0,
+                      mml,
+                      mcl,
+                      pd_obuf_payload_len(hj)};
+    struct roomcall *c = calloc(1, sizeof(*c));
+    if (!c) {
+        pd_obuf_release(hj);
+        return PD_ENOMEM;
+    }
     c->st = st;
     c->jcb = cb;
     c->arg = arg;
     c->entry_len = room_entry(c->entry, room, user, in->sid);
     index_add(st, ":r", c->entry, c->entry_len);
-    int rc = run(st, S_ROOM_JOIN, 2, keys, klens, 7, args, alens, join_done, c);
+    int rc = run(st, S_ROOM_JOIN, 2, keys, klens, 8, args, alens, join_done, c);
+    pd_obuf_release(hj);
     if (rc)
         free(c);
     return rc;
@@ -1617,7 +1717,7 @@ struct mread {
     store_members_cb cb;
     void *arg;
     uint32_t limit;
-    pd_str_t room, after; /* in buf */
+    pd_str_t room, after, requester; /* in buf */
     char buf[];
 };
 
@@ -1637,15 +1737,15 @@ static int mread_send(struct mread *m) {
     const char *keys[] = {h, z};
     size_t klens[] = {rkey(h, m->room, ""), rkey(z, m->room, ":z")};
     size_t ll = (size_t)snprintf(lim, sizeof(lim), "%u", m->limit);
-    const char *args[] = {m->after.s, lim};
-    size_t alens[] = {m->after.len, ll};
+    const char *args[] = {m->after.s, lim, m->requester.s};
+    size_t alens[] = {m->after.len, ll, m->requester.len};
     struct roomcall *c = calloc(1, sizeof(*c));
     int rc = c ? 0 : PD_ENOMEM;
     if (c) {
         c->st = st;
         c->mcb = m->cb;
         c->arg = m->arg;
-        rc = run(st, S_ROOM_MEMBERS, 2, keys, klens, 2, args, alens, members_done, c);
+        rc = run(st, S_ROOM_MEMBERS, 2, keys, klens, 3, args, alens, members_done, c);
         if (rc)
             free(c);
     }
@@ -1660,13 +1760,13 @@ static void mread_go(struct gate *g) {
     free(m);
 }
 
-static int rd_room_members(store_t *base, pd_str_t room, pd_str_t after, uint32_t limit,
-                           store_members_cb cb, void *arg) {
+static int rd_room_members(store_t *base, pd_str_t room, pd_str_t requester, pd_str_t after,
+                           uint32_t limit, store_members_cb cb, void *arg) {
     store_redis_t *st = (store_redis_t *)base;
     if (!rd_ready(base))
         return PD_EUNAVAIL;
-    size_t alen = after.s ? after.len : 0;
-    struct mread *m = calloc(1, sizeof(*m) + room.len + alen + 2);
+    size_t alen = after.s ? after.len : 0, qlen = requester.s ? requester.len : 0;
+    struct mread *m = calloc(1, sizeof(*m) + room.len + alen + qlen + 3);
     if (!m)
         return PD_ENOMEM;
     m->cb = cb;
@@ -1677,6 +1777,10 @@ static int rd_room_members(store_t *base, pd_str_t room, pd_str_t after, uint32_
     if (alen)
         memcpy(m->buf + room.len + 1, after.s, alen);
     m->after = (pd_str_t){m->buf + room.len + 1, alen};
+    char *q = m->buf + room.len + alen + 2;
+    if (qlen)
+        memcpy(q, requester.s, qlen);
+    m->requester = (pd_str_t){q, qlen}; /* '' for a backend: nobody left out */
     m->gate.st = st;
     m->gate.waiting = mread_waiting;
     m->gate.go = mread_go;
@@ -1720,13 +1824,16 @@ static int rd_room_count(store_t *base, pd_str_t room, store_count_cb cb, void *
     return rc;
 }
 
-static int rd_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signal,
-                          pd_str_t payload) {
+static int rd_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signal, pd_str_t payload,
+                          const store_hide_t *hide) {
     store_redis_t *st = (store_redis_t *)base;
     char ch[KEY_MAX];
     size_t cl = rkey(ch, room, "");
+    size_t hint = 96 + room.len + user.len + payload.len;
+    for (uint32_t i = 0; hide && i < hide->n; i++)
+        hint += hide->ids[i].len + 8;
     jsonw_t w;
-    jw_init(&w, 96 + room.len + user.len + payload.len);
+    jw_init(&w, hint);
     jw_obj(&w);
     jw_key(&w, "t");
     jw_cstr(&w, "s");
@@ -1738,6 +1845,11 @@ static int rd_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signa
     jw_int(&w, signal);
     jw_key(&w, "p");
     jw_raw(&w, payload.s, payload.len);
+    if (hide && hide->n) {
+        /* Whom the signal is hidden from: each node leaves those users' connections out. */
+        jw_key(&w, "b");
+        jw_hide(&w, hide);
+    }
     jw_obj_end(&w);
     pd_obuf_t *b = jw_finish(&w);
     if (!b)
@@ -1746,6 +1858,28 @@ static int rd_room_signal(store_t *base, pd_str_t room, pd_str_t user, int signa
     size_t argvlen[] = {8, cl, pd_obuf_payload_len(b)};
     int rc = redis_router_call(st->router, ch, cl, 3, argv, argvlen, NULL, NULL);
     pd_obuf_release(b);
+    return rc;
+}
+
+static void hide_done(void *arg, const redisReply *r, int err) {
+    (void)arg;
+    (void)r;
+    (void)err;
+}
+
+static int rd_room_hide(store_t *base, pd_str_t room, pd_str_t user, const store_hide_t *hide) {
+    store_redis_t *st = (store_redis_t *)base;
+    char h[KEY_MAX], z[KEY_MAX];
+    const char *keys[] = {h, z};
+    size_t klens[] = {rkey(h, room, ""), rkey(z, room, ":z")};
+    pd_obuf_t *hj = hide_json(hide);
+    if (!hj)
+        return PD_ENOMEM;
+    const char *args[] = {room.s, user.s, (const char *)pd_obuf_payload(hj)};
+    size_t alens[] = {room.len, user.len, pd_obuf_payload_len(hj)};
+    /* The event reaches every node watching the room, this one too; nothing else to do. */
+    int rc = run(st, S_ROOM_HIDE, 2, keys, klens, 3, args, alens, hide_done, NULL);
+    pd_obuf_release(hj);
     return rc;
 }
 
@@ -2051,6 +2185,8 @@ static void on_resubscribed(void *ctx, const char *channel, size_t len) {
     store_listener_t *l = &st->base.listener;
     if (l->privacy_changed)
         l->privacy_changed(l->ctx, uid);
+    if (l->room_privacy)
+        l->room_privacy(l->room_ctx, uid, -1, (pd_str_t){0});
     char p[KEY_MAX], s[KEY_MAX], cs[KEY_MAX], bl[KEY_MAX];
     const char *keys[] = {p, s, cs, bl};
     size_t klens[] = {ukey(p, uid, ""), ukey(s, uid, ":s"), ukey(cs, uid, ":c"),
@@ -2164,6 +2300,7 @@ static const store_ops_t redis_ops = {
     .room_members = rd_room_members,
     .room_count = rd_room_count,
     .room_signal = rd_room_signal,
+    .room_hide = rd_room_hide,
     .room_watch = rd_room_watch,
     .room_unwatch = rd_room_unwatch,
     .shutdown = rd_shutdown,

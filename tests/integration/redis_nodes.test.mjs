@@ -282,7 +282,8 @@ for (const B of BACKENDS) {
             assert.ok(e.at - t0 >= GRACE - EARLY_MS, `member_left after ${(e.at - t0).toFixed(0)} ms, inside the grace window`);
             assert.deepEqual(e.msg, { type: 'member_left', channel: room, user_id: carol, reason: 'disconnected', count: 1 });
             track.apply(e.msg);
-            for (const x of [a, b]) assert.equal(await countOf(x, room), 1, 'one member left');
+            assert.equal(await countOf(a, room), 1, 'one member left');
+            assert.equal((await ask(b, { type: 'channel_count', channel: room })).code, 'not_member', 'b left the room');
             await a.expectNone(isRoomEvent, QUIET_MS, 'room event');
             await a.close();
             await b.close();

@@ -143,8 +143,9 @@ describe('rooms: membership and events', () => {
 
         // Nobody got anything else: not the actors, not dave.
         for (const c of [a1, a2, bob, carol, dave]) await expectNoRoomEvent(c, 100);
-        assert.equal(await countOf(dave, 'doc:42'), 1);
+        assert.equal(await countOf(bob, 'doc:42'), 1);
         assert.equal(await countOf(dave, 'doc:43'), 1);
+        await expectError(dave, { type: 'channel_count', channel: 'doc:42' }, 'not_member'); // not his room
     });
 
     test('channel_state, channel_members and channel_count', T, async () => {
@@ -179,14 +180,12 @@ describe('rooms: membership and events', () => {
         const p5 = await ask(cs[1], { type: 'channel_members', channel: 'team/eng', limit: 5 });
         assert.deepEqual([p5.members.length, p5.next_cursor], [5, null]);
 
-        // Anyone may ask about a room; an unknown room has no members.
+        // Only the room's connections may ask about it (rooms_privacy.test.mjs has the rest).
         const out = await openClient(d, 'outsider');
-        assert.equal(await countOf(out, 'team/eng'), 5);
-        assert.equal(await countOf(out, 'nowhere'), 0);
-        const e = await ask(out, { type: 'channel_members', channel: 'nowhere', id: 7 });
-        assert.deepEqual(e, { type: 'channel_members', id: 7, channel: 'nowhere', count: 0, members: [], next_cursor: null });
-        assert.deepEqual(await ask(out, { type: 'channel_count', channel: 'nowhere', id: 8 }),
-            { type: 'channel_count', id: 8, channel: 'nowhere', count: 0 });
+        for (const channel of ['team/eng', 'nowhere']) {
+            await expectError(out, { type: 'channel_count', channel }, 'not_member');
+            await expectError(out, { type: 'channel_members', channel }, 'not_member');
+        }
         // Without an id, a join is still answered (channel_state, no id).
         await out.send({ type: 'join', channel: 'solo' });
         const st = await out.waitFor((m) => m.type === 'channel_state', 3000, 'channel_state');
@@ -482,7 +481,7 @@ describe('rooms: invalid input and limits', () => {
             await c.expectNone((m) => isRoomEvent(m) || m.type === 'cursor' || m.type === 'typing', 200, 'event');
         const after = await walkMembers(bob, 'doc:v');
         assert.deepEqual(snapshot(after), snapshot(before));
-        assert.equal(await countOf(carol, 'doc:v'), 2);
+        assert.equal(await countOf(bob, 'doc:v'), 2);
         await expectError(carol, { type: 'cursor', channel: 'doc:v', cursor: 1 }, 'not_member');
         want.set('not_member', 1);
         const m = await scrapeMetrics(d);
@@ -520,7 +519,7 @@ describe('rooms: invalid input and limits', () => {
         await joinRoom(a1, 'r1');
         await joinRoom(a1, 'r2');
         await expectError(a1, { type: 'join', channel: 'r3' }, 'room_limit');
-        assert.equal(await countOf(a1, 'r3'), 0);
+        await expectError(a1, { type: 'channel_count', channel: 'r3' }, 'not_member'); // not joined
         // Joining a room it is in again is fine; the limit is per connection.
         assert.equal((await joinRoom(a1, 'r2', { again: true })).count, 1);
         assert.equal((await joinRoom(a2, 'r3')).count, 1);
@@ -528,7 +527,7 @@ describe('rooms: invalid input and limits', () => {
         assert.equal((await joinRoom(bob, 'r1')).count, 2);
         assert.equal((await nextEvent(a1, 'r1')).type, 'member_joined');
         await expectError(carol, { type: 'join', channel: 'r1', metadata: { x: 1 } }, 'room_full');
-        assert.equal(await countOf(carol, 'r1'), 2);
+        assert.equal(await countOf(bob, 'r1'), 2);
         await expectNoRoomEvent(a1, 200);
         await expectNoRoomEvent(bob, 100);
         await expectError(carol, { type: 'cursor', channel: 'r1', cursor: 1 }, 'not_member');

@@ -28,6 +28,7 @@
 #include "engine/engine.h"
 #include "log.h"
 #include "metrics.h"
+#include "privacy/privacy.h"
 #include "proto/proto.h"
 #include "rooms/rooms.h"
 #include "store/store.h"
@@ -1435,7 +1436,8 @@ static void test_pagination_store_and_join_state(void **state) {
     int seen = 0;
     for (int pages = 0; pages < 100; pages++) {
         int calls = f->st.calls;
-        assert_int_equal(store_room_members(f->store, S("doc:1"), S(after), 7, on_members, f), 0);
+        assert_int_equal(
+            store_room_members(f->store, S("doc:1"), (pd_str_t){0}, S(after), 7, on_members, f), 0);
         assert_int_equal(f->st.calls, calls + 1);
         assert_int_equal(f->st.count, 150);
         char *list = strdup(f->st.ids.s);
@@ -1545,6 +1547,195 @@ static void test_leave_everything_frees_rooms(void **state) {
     assert_int_equal(count_of(f, "room-3"), 0);
 }
 
+/* ---- privacy and authorization ---- */
+
+static void privacy(rfx_t *f, conn_t *c, int op, const char *other) {
+    int calls = f->done_calls;
+    assert_int_equal(engine_privacy_change(c->s, op, PD_VIS_NOBODY,
+                                           other ? S(other) : (pd_str_t){0}, on_done, f),
+                     0);
+    assert_int_equal(f->done_calls, calls + 1);
+    assert_int_equal(f->done_err, 0);
+}
+
+/* The ids of the members c's connection may see, or the error. */
+static const char *session_members(rfx_t *f, conn_t *c, const char *ch, const char *after,
+                                   uint32_t limit) {
+    int calls = f->st.calls;
+    int rc = rooms_session_members(f->r, c->s, S(ch), after ? S(after) : (pd_str_t){0}, limit,
+                                   on_members, f);
+    if (rc)
+        return rc == PD_ENOTFOUND ? "not_member" : "error";
+    assert_int_equal(f->st.calls, calls + 1);
+    return tu_str_get(&f->st.ids);
+}
+
+static int session_count(rfx_t *f, conn_t *c, const char *ch, uint32_t *count) {
+    int calls = f->count_calls;
+    int rc = rooms_session_count(f->r, c->s, S(ch), on_count, f);
+    if (rc == 0) {
+        assert_int_equal(f->count_calls, calls + 1);
+        *count = f->counted;
+    }
+    return rc;
+}
+
+static void test_members_and_count_for_members_only(void **state) {
+    rfx_t *f = *state;
+    conn_t *a = open_conn(f, "alice", "web");
+    conn_t *b = open_conn(f, "bob", "web");
+    uint32_t n = 0;
+    join_ok(f, a, "doc:1", NULL);
+    assert_string_equal(session_members(f, b, "doc:1", NULL, 10), "not_member");
+    assert_int_equal(session_count(f, b, "doc:1", &n), PD_ENOTFOUND);
+    assert_int_equal(session_count(f, b, "doc:none", &n), PD_ENOTFOUND);
+    join_ok(f, b, "doc:1", NULL);
+    assert_string_equal(session_members(f, b, "doc:1", NULL, 10), "alice,bob");
+    assert_int_equal(session_count(f, b, "doc:1", &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(leave(f, b, "doc:1"), 0);
+    assert_string_equal(session_members(f, b, "doc:1", NULL, 10), "not_member");
+    assert_int_equal(session_count(f, b, "doc:1", &n), PD_ENOTFOUND);
+    /* The backends' view is not the room's. */
+    assert_string_equal(member_ids(f, "doc:1"), "alice");
+}
+
+static void test_blocked_user_sees_nothing_of_the_blocker(void **state) {
+    rfx_t *f = *state;
+    conn_t *t = open_conn(f, "tess", "web");
+    conn_t *c = open_conn(f, "carl", "web");
+    conn_t *r = open_conn(f, "rob", "web");
+    privacy(f, t, STORE_PRIV_VISIBILITY, NULL); /* invisible: rooms still show her */
+    join_ok(f, t, "doc:1", NULL);
+    join_ok(f, c, "doc:1", NULL);
+    join_ok(f, r, "doc:1", NULL);
+    assert_string_equal(tu_str_get(&f->st.ids), "carl,rob,tess");
+    events(t);
+    events(c);
+    events(r);
+
+    /* The block: rob sees her leave at once, nobody else sees anything. */
+    privacy(f, t, STORE_PRIV_BLOCK, "rob");
+    assert_string_equal(events(r), "doc:1 left tess left 3\n");
+    expect_nothing(c);
+    expect_nothing(t);
+    assert_string_equal(session_members(f, r, "doc:1", NULL, 10), "carl,rob");
+    assert_string_equal(session_members(f, r, "doc:1", "carl", 1), "rob");
+    assert_false(f->st.more);
+    assert_string_equal(session_members(f, c, "doc:1", NULL, 10), "carl,rob,tess");
+    assert_string_equal(session_members(f, r, "doc:1", NULL, 2), "carl,rob");
+    assert_false(f->st.more); /* only tess is left after rob, and rob may not see her */
+
+    /* Her signals and changes reach carl only; rob's still reach her (the rule is one way). */
+    assert_int_equal(cursor(f, t, "doc:1", "{\"x\":1}"), 0);
+    assert_int_equal(typing(f, t, "doc:1", true), 0);
+    assert_int_equal(update(f, t, "doc:1", "{\"m\":1}"), 0);
+    assert_int_equal(cursor(f, r, "doc:1", "{\"y\":2}"), 0);
+    advance(f, PERIOD + TICK_MS);
+    assert_string_equal(events(c), "doc:1 cursor tess {\"x\":1}\n"
+                                   "doc:1 updated tess [web] {\"m\":1} 3\n"
+                                   "doc:1 cursor rob {\"y\":2}\n"
+                                   "doc:1 typing tess true\n"); /* a period after her cursor */
+    assert_string_equal(events(t), "doc:1 cursor rob {\"y\":2}\n");
+    expect_nothing(r);
+
+    /* Rob's second tab joins: its state leaves her out; her leave and return stay unseen. */
+    conn_t *r2 = open_conn(f, "rob", "mobile");
+    join_ok(f, r2, "doc:1", NULL);
+    assert_string_equal(tu_str_get(&f->st.ids), "carl,rob");
+    assert_int_equal(f->st.count, 3); /* the count is every member's (PROTOCOL.md) */
+    events(c);
+    events(t);
+    assert_int_equal(leave(f, t, "doc:1"), 0);
+    join_ok(f, t, "doc:1", "{\"back\":1}");
+    assert_string_equal(events(c), "doc:1 left tess left 2\n"
+                                   "doc:1 joined tess [web] {\"back\":1} 3\n");
+    expect_nothing(r);
+    expect_nothing(r2);
+
+    /* Unblock: rob's connections see her again at once. */
+    privacy(f, t, STORE_PRIV_UNBLOCK, "rob");
+    assert_string_equal(events(r), "doc:1 joined tess [web] {\"back\":1} 3\n");
+    assert_string_equal(events(r2), "doc:1 joined tess [web] {\"back\":1} 3\n");
+    expect_nothing(c);
+    advance(f, 1000);
+    assert_int_equal(cursor(f, t, "doc:1", "{\"x\":3}"), 0);
+    assert_string_equal(events(r), "doc:1 cursor tess {\"x\":3}\n");
+    assert_string_equal(session_members(f, r, "doc:1", NULL, 10), "carl,rob,tess");
+}
+
+static void test_block_before_join_and_in_batches(void **state) {
+    rfx_t *f = *state;
+    conn_t *t = open_conn(f, "tess", "web");
+    conn_t *r = open_conn(f, "rob", "web");
+    conn_t *o = open_conn(f, "obs", "web");
+    conn_t *u[32] = {0};
+    privacy(f, t, STORE_PRIV_BLOCK, "rob");
+    join_ok(f, r, "doc:1", NULL);
+    join_ok(f, o, "doc:1", NULL);
+    join_ok(f, t, "doc:1", NULL);
+    assert_string_equal(tu_str_get(&f->st.ids), "obs,rob,tess");
+    assert_string_equal(events(r), "doc:1 joined obs [web] {} 2\n");
+    assert_string_equal(events(o), "doc:1 joined tess [web] {} 3\n");
+    /* A big room: her changes travel in deltas, which leave her out for rob only. */
+    join_users(f, u, 1, 10);
+    advance(f, INTERVAL + TICK_MS);
+    events(r);
+    events(o);
+    assert_int_equal(update(f, t, "doc:1", "{\"m\":2}"), 0);
+    assert_int_equal(update(f, u[1], "doc:1", "{\"m\":3}"), 0);
+    advance(f, INTERVAL + TICK_MS);
+    assert_string_equal(events(o), "doc:1 delta j= l= u=tess,u01 13\n");
+    assert_string_equal(events(r), "doc:1 delta j= l= u=u01 13\n");
+    /* Only her change: rob gets nothing at all. */
+    assert_int_equal(leave(f, t, "doc:1"), 0);
+    advance(f, INTERVAL + TICK_MS);
+    assert_string_equal(events(o), "doc:1 delta j= l=tess u= 12\n");
+    expect_nothing(r);
+}
+
+static void test_refresh_revokes_rooms(void **state) {
+    rfx_t *f = *state;
+    conn_t *a = open_conn(f, "ana", "web");
+    conn_t *a2 = open_conn(f, "ana", "mobile");
+    conn_t *b = open_conn(f, "ben", "web");
+    join_ok(f, a, "team/x", NULL);
+    join_ok(f, a, "doc/y", NULL);
+    join_ok(f, a, "doc/z", NULL);
+    join_ok(f, a2, "doc/z", NULL); /* another connection of hers stays in doc/z */
+    join_ok(f, b, "doc/y", NULL);
+    join_ok(f, b, "doc/z", NULL);
+    events(a);
+    events(a2);
+    events(b);
+    char *patterns[] = {"team/*"};
+    auth_claims_t cl = {.channels = patterns, .nchannels = 1};
+    rooms_revoke(f->r, a->s, &cl);
+    /* The connection is told, in no set order; the others see her leave where she is gone. */
+    const char *got = events(a);
+    assert_non_null(strstr(got,
+                           "{\"type\":\"channel_left\",\"channel\":\"doc/y\",\"user_id\":\"ana\","
+                           "\"reason\":\"revoked\"}"));
+    assert_non_null(strstr(got,
+                           "{\"type\":\"channel_left\",\"channel\":\"doc/z\",\"user_id\":\"ana\","
+                           "\"reason\":\"revoked\"}"));
+    assert_string_equal(events(b), "doc/z updated ana [mobile] {} 2\n"
+                                   "doc/y left ana revoked 1\n");
+    assert_int_equal(counter(f, "presenced_room_revocations_total"), 2);
+    assert_int_equal(cursor(f, a, "doc/y", "{}"), PD_ENOTFOUND);
+    assert_int_equal(update(f, a, "doc/z", "{}"), PD_ENOTFOUND);
+    assert_int_equal(cursor(f, b, "doc/y", "{\"x\":1}"), 0);
+    expect_nothing(a);
+    assert_int_equal(cursor(f, a, "team/x", "{}"), 0);
+    /* Claims allowing everything it is in: nothing happens. */
+    rooms_revoke(f->r, a->s, &cl);
+    auth_claims_t any = {0};
+    rooms_revoke(f->r, a2->s, &any);
+    expect_nothing(a);
+    expect_nothing(a2);
+    assert_int_equal(counter(f, "presenced_room_revocations_total"), 2);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void) {
@@ -1578,6 +1769,10 @@ int main(void) {
         T(test_flush_lingering),
         T(test_everything_freed),
         T(test_leave_everything_frees_rooms),
+        T(test_members_and_count_for_members_only),
+        T(test_blocked_user_sees_nothing_of_the_blocker),
+        T(test_block_before_join_and_in_batches),
+        T(test_refresh_revokes_rooms),
     };
     /* TEST_FILTER / TEST_SKIP: glob patterns of test names to run or skip. */
     if (getenv("TEST_FILTER"))

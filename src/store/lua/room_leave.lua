@@ -1,5 +1,5 @@
 -- A connection leaves a room: mode 0 now, 1 grace, 2 final; reason 0 left, 1 disconnected,
--- 2 timeout. Returns 'L' (lingering), 'N' (the connection was not there, or revived), 'R'
+-- 2 timeout, 3 revoked. Returns 'L' (lingering), 'N' (the connection was not there, or revived), 'R'
 -- (removed, nothing to announce) or the event it published.
 -- KEYS: h, z. ARGV: room, user, conn key, mode, reason.
 local h, z = KEYS[1], KEYS[2]
@@ -23,12 +23,13 @@ end
 if not others then
   redis.call('HDEL', h, user)
   redis.call('ZREM', z, user)
-  return room_event(h, 'l', room, user, redis.call('ZCARD', z), ',"why":' .. reason)
+  return room_event(h, 'l', room, user, redis.call('ZCARD', z), ',"why":' .. reason .. hide_field(m))
 end
 local before = devs_json(member_devs(m))
 m.c[ck] = nil
 save_member(h, user, m)
 if devs_json(member_devs(m)) ~= before then
-  return room_event(h, 'u', room, user, redis.call('ZCARD', z), ',"m":' .. member_json(user, m))
+  return room_event(h, 'u', room, user, redis.call('ZCARD', z),
+                    ',"m":' .. member_json(user, m) .. hide_field(m))
 end
 return 'R'

@@ -11,6 +11,6 @@ m.md = ARGV[3]
 save_member(h, ARGV[2], m)
 if changed then
   return room_event(h, 'u', ARGV[1], ARGV[2], redis.call('ZCARD', z),
-                    ',"m":' .. member_json(ARGV[2], m))
+                    ',"m":' .. member_json(ARGV[2], m) .. hide_field(m))
 end
 return 'OK'

@@ -5,11 +5,11 @@
  * server feeds it, once whole and once in the two pieces, each piece in a buffer of its exact
  * size (so ASan sees any over-read), pipelined requests taken one at a time. Checked: the
  * contract's invariants for every request and status (100 Continue is never due beside an
- * answer, and due once), and that both runs see exactly the same requests and the same
- * outcome. The one allowed difference: a request that is both malformed and over a limit may
- * be refused 400 at one cut and with the limit's status at another (http_parser hands over a
- * token such as the target only when it ends or the input does, so the limit is seen only if
- * the input ends inside it first).
+ * answer, and due once; what ws_handshake_check accepts is unambiguous), and that both runs see
+ * exactly the same requests and the same outcome. The one allowed difference: a request that is
+ * both malformed and over a limit may be refused 400 at one cut and with the limit's status at
+ * another (http_parser hands over a token such as the target only when it ends or the input does,
+ * so the limit is seen only if the input ends inside it first).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,8 +17,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include <http_parser.h>
+
 #include "http/request.h"
 #include "util/error.h"
+#include "ws/handshake.h"
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -93,6 +96,30 @@ static uint64_t check_request(uint64_t h, const http_request_t *r, const http_li
         }
     }
     CHECK(stored <= lim->head_max);
+    /* The handshake check copes with any request; one it accepts is unambiguous: a GET with
+     * exactly one key and one version, and at most one Origin, which the policy allows. */
+    static const char *const allowed[] = {"https://app.example"};
+    const ws_origin_list_t origins = {allowed, 1};
+    const char *why = NULL;
+    int hs = ws_handshake_check(r, &origins, &why);
+    CHECK(hs == 0 || hs == 400 || hs == 403 || hs == 405 || hs == 426);
+    CHECK((hs == 0) == (why == NULL));
+    if (hs == 0) {
+        unsigned keys = 0, versions = 0, origin_count = 0;
+        for (uint32_t i = 0; i < r->nheaders; i++) {
+            const http_header_t *hd = &r->headers[i];
+            keys += hd->name_len == 17 && strncasecmp(hd->name, "Sec-WebSocket-Key", 17) == 0;
+            versions +=
+                hd->name_len == 21 && strncasecmp(hd->name, "Sec-WebSocket-Version", 21) == 0;
+            origin_count += hd->name_len == 6 && strncasecmp(hd->name, "Origin", 6) == 0;
+        }
+        CHECK(r->method == HTTP_GET && keys == 1 && versions == 1 && origin_count <= 1);
+        const http_header_t *key = http_request_header(r, "Sec-WebSocket-Key");
+        char accept[WS_ACCEPT_LEN + 1];
+        ws_accept_key(key->value, key->value_len, accept);
+        CHECK(strlen(accept) == WS_ACCEPT_LEN);
+    }
+    h = fnv_u64(h, (uint64_t)hs);
     h = fnv(h, r->body ? r->body : "", r->body_len);
     /* The helpers must cope with whatever the query holds. */
     if (r->query) {

@@ -305,7 +305,7 @@ describe('rooms: leaving by disconnect, reload and timeout', () => {
 
 describe('rooms: cursor and typing', () => {
     test('a burst of 1,000 cursor moves is coalesced to cursor_hz, the last one arrives', T, async () => {
-        await start();
+        await start([...MAIN_FLAGS, '--rate-limit', '0']); // the burst is the point: no message rate
         const a1 = await openUser(d, 'alice', { device: 'web' });
         const a2 = await openUser(d, 'alice', { device: 'mobile' });
         const bob = await openUser(d, 'bob', { device: 'web' });
@@ -549,7 +549,7 @@ describe('rooms: invalid input and limits', () => {
         // (PD_SESSIONS_PER_USER_MAX). Connections that never announced themselves are not
         // sessions yet, so 65 of them can be open; the 65th join is refused. room_limit says
         // "the connection is in as many rooms as allowed", which is not the case: it is in none.
-        await start();
+        await start([...MAIN_FLAGS, '--max-connections-per-user', '0']); // 0: no cap per user
         const bob = await openUser(d, 'bob', { device: 'web' });
         await joinRoom(bob, 'doc:s');
         const tabs = await inBatches(Array.from({ length: 65 }, () => 'alice'), 20, (u) => openLight(d, u));

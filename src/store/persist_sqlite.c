@@ -483,13 +483,26 @@ static void writer_main(void *arg) {
     uv_mutex_unlock(&p->mu);
 }
 
-/* On the loop: every finished write's callback, in the order they were queued. */
-static void deliver(persist_t *p) {
+/* Callbacks per wake of the loop: a big group's answers are spread over loop iterations, so
+ * other connections' I/O runs in between. */
+#define DELIVER_MAX 512
+
+/* On the loop: up to max finished writes' callbacks, in the order they were queued. */
+static void deliver(persist_t *p, size_t max) {
     uv_mutex_lock(&p->mu);
-    struct pw *w = p->done;
-    p->done = NULL;
-    p->done_tail = &p->done;
+    struct pw *w = p->done, *last = NULL, *rest = p->done;
+    for (size_t n = 0; rest && n < max; n++) {
+        last = rest;
+        rest = rest->next;
+    }
+    if (last)
+        last->next = NULL;
+    p->done = rest;
+    if (!rest)
+        p->done_tail = &p->done;
     uv_mutex_unlock(&p->mu);
+    if (rest && !uv_is_closing((uv_handle_t *)&p->wake_loop))
+        uv_async_send(&p->wake_loop); /* the rest at the next iteration */
     while (w) {
         struct pw *next = w->next;
         p->nwrites--;
@@ -509,7 +522,7 @@ static void deliver(persist_t *p) {
 }
 
 static void on_wake_loop(uv_async_t *h) {
-    deliver(h->data);
+    deliver(h->data, DELIVER_MAX);
 }
 
 int persist_start(persist_t *p, uv_loop_t *loop, const persist_limits_t *lim) {
@@ -630,7 +643,7 @@ void persist_drain(persist_t *p) {
         while (p->queue || p->busy)
             uv_cond_wait(&p->idle, &p->mu);
         uv_mutex_unlock(&p->mu);
-        deliver(p);
+        deliver(p, SIZE_MAX);
     }
 }
 

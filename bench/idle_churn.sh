@@ -21,8 +21,9 @@ trap 'exit 130' INT TERM
 n=${1:-19000}
 [ -x "$BUILD/bench/bench_idle_conns" ] || { echo "build first: bench/run-core.sh" >&2; exit 2; }
 log="$OUT/churn-presenced.log"
+# shellcheck disable=SC2086
 bench_start presenced "$log" "$(bench_server_bin)" --dev-auth \
-    --listen 127.0.0.1:0 --heartbeat-ttl 3600
+    --listen 127.0.0.1:0 --heartbeat-ttl 3600 $BENCH_LIMITS
 pid=$BENCH_PID
 stats=()
 command -v gdb >/dev/null && stats=(--malloc-stats "$log")

@@ -74,6 +74,11 @@ bench_cleanup() {
     BENCH_PIDS=()
 }
 
+# The load generators drive one connection (or one user) far past what any client sends, to
+# measure the engine: the per-connection message rate and the per-user connection cap are off
+# for them. bench/run-limits.sh measures what the rate limiter costs.
+BENCH_LIMITS="--rate-limit 0 --max-connections-per-user 0"
+
 # bench_machine: the machine the figures come from.
 bench_machine() {
     echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -117,8 +122,9 @@ bench_idle() {
     local log="${outfile%.txt}.log"
     local extra=()
     if [ "$target" = presenced ]; then
+        # shellcheck disable=SC2086
         bench_start presenced "$log" "$(bench_server_bin)" --dev-auth --listen 127.0.0.1:0 \
-            --heartbeat-ttl 3600 || return 1
+            --heartbeat-ttl 3600 $BENCH_LIMITS || return 1
         extra=(--metrics)
         if command -v gdb >/dev/null; then
             extra+=(--malloc-stats "$log")
@@ -141,8 +147,9 @@ bench_rate() {
     shift 3
     local log="$OUT/rate-$target.log"
     if [ "$target" = presenced ]; then
+        # shellcheck disable=SC2086
         bench_start presenced "$log" "$(bench_server_bin)" --dev-auth --listen 127.0.0.1:0 \
-            --heartbeat-ttl 3600 || return 1
+            --heartbeat-ttl 3600 $BENCH_LIMITS || return 1
     else
         bench_start node-ws "$log" node "$ROOT/bench/baseline_ws_echo.mjs" || return 1
     fi

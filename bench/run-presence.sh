@@ -65,7 +65,7 @@ else
     gp_requests=2000
 fi
 # The server as the benchmarks run it: nothing on disk, no session expiry during a run.
-server_flags=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600)
+server_flags=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600 --rate-limit 0 --max-connections-per-user 0)
 
 start=$(date +%s)
 if [ $build = 1 ]; then

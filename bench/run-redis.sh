@@ -63,7 +63,7 @@ fi
 read -r -a extra <<<"${BENCH_REDIS_ARGS:-}"
 args+=("${extra[@]}")
 grace=5 # presenced's --offline-grace default: bench_redis waits it out after closing connections
-common=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600)
+common=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600 --rate-limit 0 --max-connections-per-user 0)
 read -r -a node_extra <<<"${REDIS_NODE_ARGS:-}"
 
 start=$(date +%s)

@@ -45,7 +45,7 @@ if [ $quick = 1 ]; then
 else
     storm_conns=10000 cursor_seconds=20
 fi
-server_flags=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600)
+server_flags=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600 --rate-limit 0 --max-connections-per-user 0)
 
 start=$(date +%s)
 if [ $build = 1 ]; then

@@ -84,12 +84,12 @@ static const struct opt opts[] = {
     {"max-connections-per-user", OPT_UINT, F(max_connections_per_user), 0, "64", 0, 1000000,
      "open WebSocket connections one user may have on this node; more are refused 429 (0: no "
      "limit)"},
-    {"rate-limit", OPT_UINT, F(rate_limit), 0, "200", 0, 100000000,
+    {"rate-limit", OPT_UINT, F(rate_limit), 0, "1000", 0, 100000000,
      "messages per second one connection may send on average (0: no limit); past it error "
      "rate_limited, and 1008 for a client that goes on"},
-    {"rate-limit-burst", OPT_UINT, F(rate_limit_burst), 0, "400", 1, 65535,
+    {"rate-limit-burst", OPT_UINT, F(rate_limit_burst), 0, "2000", 1, 65535,
      "messages one connection may send at once above the rate"},
-    {"rate-limit-change-cost", OPT_UINT, F(rate_limit_change_cost), 0, "5", 1, 65535,
+    {"rate-limit-change-cost", OPT_UINT, F(rate_limit_change_cost), 0, "10", 1, 65535,
      "messages' worth of the rate that one message costing the store takes (status, privacy, "
      "rooms, subscribe; heartbeat, ping, activity, cursor, typing and unsubscribe take one)"},
     {"token-secret-file", OPT_STRING, F(token_secret_file), 0, NULL, 0, 0,

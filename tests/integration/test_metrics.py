@@ -630,8 +630,10 @@ def main():
     with open(secret, "wb") as f:
         f.write(base64.b64encode(os.urandom(48)))
     # A token key, so a bad token is refused as malformed (not because tokens are off).
+    # No message rate limit: phase 2 floods room updates to overflow an event stream
+    # (hardening.test.mjs covers the limiter and its counters).
     DAEMON = Daemon(["--ephemeral", "--offline-grace", str(GRACE), "--out-max", str(OUT_MAX), "--close-timeout", "2",
-                     "--token-secret-file", secret])
+                     "--token-secret-file", secret, "--rate-limit", "0"])
     rc = None
     try:
         scr = Scraper(DAEMON.port)

@@ -404,6 +404,9 @@ static void do_refresh(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
         return;
     }
     take_claims(dc, &cl);
+    /* The rooms the new claims no longer allow are left now (PROTOCOL.md, refresh). */
+    auth_claims_t now = {.channels = dc->channels, .nchannels = dc->nchannels};
+    rooms_revoke(d->rooms, dc->s, &now);
     send_ack(dc->c, &m->id);
 }
 
@@ -428,10 +431,10 @@ static void do_room(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
         rc = rooms_update(d->rooms, s, m->channel, m->metadata, on_done, r);
         break;
     case PROTO_CHANNEL_MEMBERS:
-        rc = rooms_members(d->rooms, m->channel, m->after, m->limit, on_members, r);
+        rc = rooms_session_members(d->rooms, s, m->channel, m->after, m->limit, on_members, r);
         break;
     case PROTO_CHANNEL_COUNT:
-        rc = rooms_count(d->rooms, m->channel, on_count, r);
+        rc = rooms_session_count(d->rooms, s, m->channel, on_count, r);
         break;
     case PROTO_CURSOR:
     case PROTO_TYPING:

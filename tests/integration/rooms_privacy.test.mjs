@@ -1,6 +1,7 @@
 // Room privacy and authorization (docs/PROTOCOL.md section 4, "Who sees what in a room", and
 // `refresh`), against the real daemon, on the embedded store and on two nodes sharing one real
-// Redis (the members split across the nodes, so every event and signal crosses Redis):
+// Redis, standalone and a 3-master Cluster (the members split across the nodes, so every event
+// and signal crosses Redis):
 //  - channel_members and channel_count answer only a connection in the room (not_member for
 //    anyone else, before and after it leaves);
 //  - a member (invisible: visibility nobody) who blocks another is never shown to them: not in
@@ -20,7 +21,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import { claimsFor, makeTemp, openTokenClient, rmTemp, signToken, writeSecret } from './lib/auth.mjs';
 import { httpGet } from './lib/daemon.mjs';
 import { eventually, openUser, startPresenced, stopDaemon } from './lib/presence.mjs';
-import { redisCmd, startRedis, stopNode } from './lib/redis.mjs';
+import { redisCmd, startCluster, startRedis, stopNode } from './lib/redis.mjs';
 import { ask, expectError, joinRoom, ROOM_EVENTS } from './lib/rooms.mjs';
 
 const T = { timeout: 60000 };
@@ -32,6 +33,19 @@ const aboutUser = (user) => (m) => (isRoomEvent(m) && (m.user_id === user || m.m
     ((m.type === 'cursor' || m.type === 'typing') && m.user_id === user);
 
 /** How the nodes of one run are made: one embedded daemon (both "nodes" are it), or two on Redis. */
+/** Two nodes on the shared Redis (standalone or Cluster: flags from backendFlags). */
+async function twoNodes(backendFlags, extra) {
+    const one = async (id) => {
+        const d = await startPresenced([...backendFlags, '--node-id', id, '--offline-grace', String(GRACE),
+            '--ephemeral', ...extra]);
+        await eventually(async () => (await httpGet(d, '/readyz')).status === 200, 15000, `node ${id} ready`);
+        return d;
+    };
+    const a = await one('A');
+    const b = await one('B');
+    return { a, b, all: [a, b] };
+}
+
 const BACKENDS = [
     {
         name: 'embedded store',
@@ -42,18 +56,15 @@ const BACKENDS = [
     },
     {
         name: 'two nodes on Redis',
-        redis: true,
-        async start(extra = [], redis) {
-            const one = async (id) => {
-                const d = await startPresenced(['--redis', redis.url, '--node-id', id, '--offline-grace', String(GRACE),
-                    '--ephemeral', ...extra]);
-                await eventually(async () => (await httpGet(d, '/readyz')).status === 200, 15000, `node ${id} ready`);
-                return d;
-            };
-            const a = await one('A');
-            const b = await one('B');
-            return { a, b, all: [a, b] };
-        },
+        redis: () => startRedis(),
+        flush: (r) => redisCmd(r.port, ['FLUSHALL']),
+        start: (extra, r) => twoNodes(['--redis', r.url], extra),
+    },
+    {
+        name: 'two nodes on a Redis Cluster (3 masters)',
+        redis: () => startCluster(),
+        flush: (c) => Promise.all(c.nodes.map((n) => n.cmd('FLUSHALL'))),
+        start: (extra, c) => twoNodes(['--redis-cluster', c.seeds], extra),
     },
 ];
 
@@ -64,7 +75,7 @@ for (const backend of BACKENDS) {
         let dir = null;
 
         before(async () => {
-            if (backend.redis) redis = await startRedis();
+            if (backend.redis) redis = await backend.redis();
         });
         after(async () => {
             if (redis) await redis.stop();
@@ -73,7 +84,7 @@ for (const backend of BACKENDS) {
             const ns = nodes;
             nodes = null;
             if (ns) for (const d of ns.all) await (backend.redis ? stopNode(d) : stopDaemon(d));
-            if (redis) await redisCmd(redis.port, ['FLUSHALL']); // each test starts from nothing
+            if (redis) await backend.flush(redis); // each test starts from nothing
             rmTemp(dir);
             dir = null;
         });
@@ -217,6 +228,9 @@ for (const backend of BACKENDS) {
             assert.equal((await ask(ana, { type: 'refresh', token: hs(claimsFor('pv-ana', 600, { channels: ['team/x'] })) })).type,
                 'ack');
             await ana.expectNone((m) => m.type === 'channel_left', QUIET_MS, 'channel_left');
+            // Token clients are not the daemon's to close (lib/auth.mjs): a node would wait for them.
+            await ana.close();
+            await ben.close();
         });
     });
 }

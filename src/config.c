@@ -84,6 +84,9 @@ static const struct opt opts[] = {
     {"max-connections-per-user", OPT_UINT, F(max_connections_per_user), 0, "64", 0, 1000000,
      "open WebSocket connections one user may have on this node; more are refused 429 (0: no "
      "limit)"},
+    {"max-connections-per-ip", OPT_UINT, F(max_connections_per_ip), 0, "0", 0, 100000000,
+     "open connections from one client address (an IPv6 /64) past which new ones get 429 and "
+     "are closed (0: no limit; behind a proxy every client has the proxy's address)"},
     {"rate-limit", OPT_UINT, F(rate_limit), 0, "1000", 0, 100000000,
      "messages per second one connection may send on average (0: no limit); past it error "
      "rate_limited, and 1008 for a client that goes on"},

@@ -42,6 +42,7 @@ typedef struct pd_config {
     uint32_t max_room_members;
     uint32_t max_contacts;
     uint32_t max_connections_per_user; /* on this node; 0: no limit */
+    uint32_t max_connections_per_ip;   /* per client address (IPv6: /64); 0: no limit */
     uint32_t rate_limit;               /* messages per second per connection; 0: no limit */
     uint32_t rate_limit_burst;         /* messages */
     uint32_t rate_limit_change_cost;   /* tokens a store change or read takes */

@@ -554,6 +554,7 @@ static int build_server_config(struct app *a, server_config_t *sc) {
     sc->max_message = a->cfg.max_message;
     sc->out_max = a->cfg.out_max;
     sc->max_connections = connections_allowed(a, a->cfg.max_connections);
+    sc->max_per_ip = a->cfg.max_connections_per_ip;
     sc->request_timeout_ms = a->cfg.request_timeout;
     sc->keepalive_timeout_ms = a->cfg.keepalive_timeout;
     sc->close_timeout_ms = a->cfg.close_timeout;

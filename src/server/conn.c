@@ -180,6 +180,8 @@ static void notify_close(conn_t *c) {
 static void on_closed(uv_handle_t *h) {
     conn_t *c = h->data;
     server_t *s = c->srv;
+    if (s->peers)
+        peer_limit_put(s->peers, c->peer_slot);
     while (c->out_head) {
         c->out_off = 0;
         queue_release_head(c);
@@ -1003,6 +1005,25 @@ static void conn_on_timer(wheel_timer_t *t, uint64_t now) {
     }
 }
 
+/* Counts c against its address's connections; false (after a best-effort 429) when the
+ * address has max_per_ip open already. An address that cannot be read is not counted. */
+static bool peer_admitted(server_t *s, conn_t *c) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return true;
+    int rc = peer_limit_take(s->peers, (const struct sockaddr *)&ss, &c->peer_slot);
+    if (rc != PD_ELIMIT && rc != PD_ENOMEM)
+        return true;
+    (*s->n.refused_per_ip)++;
+    static const char busy[] = "HTTP/1.1 429 Too Many Requests\r\nServer: presenced\r\n"
+                               "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 39\r\n"
+                               "Connection: close\r\n\r\ntoo many connections from this address\n";
+    uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
+    uv_try_write((uv_stream_t *)&c->tcp, &b, 1); /* the socket is new: it has room */
+    return false;
+}
+
 void server__on_connection(uv_stream_t *listener, int status) {
     server_t *s = listener->data;
     if (status < 0) {
@@ -1026,6 +1047,11 @@ void server__on_connection(uv_stream_t *listener, int status) {
     wheel_timer_init(&c->timer, conn_on_timer);
     if (s->nconns > s->cfg.max_connections || s->shutting_down) {
         (*s->n.refused)++;
+        c->state = CONN_DEAD;
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+        return;
+    }
+    if (s->peers && !peer_admitted(s, c)) {
         c->state = CONN_DEAD;
         uv_close((uv_handle_t *)&c->tcp, on_closed);
         return;

@@ -73,6 +73,7 @@ struct conn {
     unsigned resume : 1;     /* re-read buffered input at the next flush (after a late answer) */
     unsigned paused : 1;     /* reading stopped until the output backlog drains */
     unsigned held : 1;       /* reading stopped by the layer above (calls in flight) */
+    uint32_t peer_slot;      /* its address's count in server.peers (0: not counted) */
 };
 
 static_assert(sizeof(struct conn) <= CONN_STRUCT_BUDGET, "struct conn over its memory budget");

@@ -48,6 +48,9 @@ static void register_metrics(server_t *s) {
                                   "TCP connections accepted", NULL, NULL);
     n->refused = server__counter(s, "presenced_connections_refused_total",
                                  "TCP connections refused at max_connections", NULL, NULL);
+    n->refused_per_ip =
+        server__counter(s, "presenced_connections_refused_per_ip_total",
+                        "TCP connections refused (429) at max_connections_per_ip", NULL, NULL);
     n->http_requests =
         server__counter(s, "presenced_http_requests_total", "HTTP requests parsed", NULL, NULL);
     n->ws_upgrades = server__counter(s, "presenced_ws_upgrades_total",
@@ -106,6 +109,10 @@ server_t *server_new(uv_loop_t *loop, const server_config_t *cfg, pd_log_t *log,
     s->router = router;
     if (ws)
         s->ws = *ws;
+    if (cfg->max_per_ip && !(s->peers = peer_limit_new(cfg->max_per_ip))) {
+        free(s);
+        return NULL;
+    }
     register_metrics(s);
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
@@ -272,5 +279,6 @@ void server_free(server_t *s) {
         s->free_nodes = n->next;
         free(n);
     }
+    peer_limit_free(s->peers);
     free(s);
 }

@@ -51,12 +51,13 @@ typedef struct server_ws_handlers {
 
 typedef struct server_config {
     struct sockaddr_storage listen_addr;
-    const char *ws_path;           /* "/presence" */
-    ws_origin_list_t origins;      /* allowed Origin values; empty = any */
-    http_limits_t http_limits;     /* request head, URI, headers, body */
-    uint32_t max_message;          /* bytes of a WebSocket message (default 64 KiB) -> 1009 */
-    uint32_t out_max;              /* bytes of queued output past which a connection is closed */
-    uint32_t max_connections;      /* open connections past which new ones are refused */
+    const char *ws_path;       /* "/presence" */
+    ws_origin_list_t origins;  /* allowed Origin values; empty = any */
+    http_limits_t http_limits; /* request head, URI, headers, body */
+    uint32_t max_message;      /* bytes of a WebSocket message (default 64 KiB) -> 1009 */
+    uint32_t out_max;          /* bytes of queued output past which a connection is closed */
+    uint32_t max_connections;  /* open connections past which new ones are refused */
+    uint32_t max_per_ip; /* open connections per client address (IPv6: per /64); 0: no limit */
     uint32_t request_timeout_ms;   /* a request must arrive whole within this (408) */
     uint32_t keepalive_timeout_ms; /* an idle keep-alive connection is closed after this */
     uint32_t ws_idle_timeout_ms;   /* a WebSocket with no inbound frame for this is closed */

@@ -3,6 +3,7 @@
 #define PD_SERVER_INTERNAL_H
 
 #include "server/conn.h"
+#include "server/peer_limit.h"
 #include "server/server.h"
 
 #define SERVER_READ_BUF    (64 * 1024)  /* the loop's one read buffer */
@@ -13,7 +14,7 @@
 struct server_counters {
     uint64_t *accepted, *refused, *http_requests, *ws_upgrades, *ws_messages_in, *ws_bytes_in,
         *ws_frames_out, *bytes_out, *slow_consumer_closes, *request_timeouts, *idle_timeouts,
-        *binary_refused;
+        *binary_refused, *refused_per_ip;
     int64_t *ws_open;
 };
 
@@ -38,6 +39,7 @@ struct server {
     char shutdown_reason[64];
     void (*shutdown_done)(void *arg);
     void *shutdown_arg;
+    peer_limit_t *peers; /* connections per client address, with cfg.max_per_ip */
     unsigned listening : 1, shutting_down : 1;
     uint8_t rbuf[SERVER_READ_BUF];
 };

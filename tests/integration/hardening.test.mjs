@@ -12,8 +12,10 @@
 //    user, so an unknown user and a hidden one look alike (embedded store and Redis).
 //  - welcome.session_id was a process-wide counter (anyone could measure the connection rate).
 //  - Limits: a token bucket of messages per connection (rate_limited, then 1008), and a cap of
-//    connections per user (429); the configuration refuses a change cost above the burst.
+//    connections per user (429), and of connections per client address (429 and close); the
+//    configuration refuses a change cost above the burst.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 
 import { buildFrame, httpGet, metricValue, rawWsConnect, scrapeMetrics, sleep } from './lib/daemon.mjs';
@@ -284,5 +286,58 @@ describe('connections per user', () => {
         }, 3000, 'a place again');
         const m = await scrapeMetrics(d);
         assert.ok(metricValue(m, 'presenced_user_connection_refusals_total') >= 1);
+    });
+});
+
+/** A TCP connection from source address src; resolves with everything it received until closed. */
+function tcpFrom(d, src, send = '') {
+    return new Promise((resolve, reject) => {
+        const sock = net.connect({ host: '127.0.0.1', port: d.port, localAddress: src });
+        let got = '';
+        const timer = setTimeout(() => {
+            sock.destroy();
+            resolve({ open: true, got, sock });
+        }, 700);
+        sock.on('connect', () => send && sock.write(send));
+        sock.on('data', (b) => {
+            got += b.toString('latin1');
+        });
+        sock.on('error', (e) => {
+            if (e.code !== 'ECONNRESET') {
+                clearTimeout(timer);
+                reject(e);
+            }
+        });
+        sock.on('close', () => {
+            clearTimeout(timer);
+            resolve({ open: false, got });
+        });
+    });
+}
+
+describe('connections per client address', () => {
+    let d;
+    before(async () => {
+        d = await startPresenced(['--ephemeral', '--max-connections-per-ip', '3']);
+    });
+    after(() => stopDaemon(d));
+
+    test('past max-connections-per-ip: 429 and closed; other addresses unaffected; a close frees a place', T, async () => {
+        const held = [];
+        for (let i = 0; i < 3; i++) held.push(await openClient(d, `ip-${i}`));
+        const over = await tcpFrom(d, '127.0.0.1', 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+        assert.equal(over.open, false, 'the 4th connection of the address stays open');
+        assert.match(over.got, /^HTTP\/1\.1 429 Too Many Requests\r\n/);
+        assert.match(over.got, /too many connections from this address/);
+        // Another loopback address is another client.
+        const other = await tcpFrom(d, '127.0.0.2', 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+        assert.match(other.got, /^HTTP\/1\.1 200 /);
+        await held[0].terminate();
+        await eventually(async () => {
+            const r = await tcpFrom(d, '127.0.0.1', 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+            return /^HTTP\/1\.1 200 /.test(r.got);
+        }, 3000, 'a place again');
+        const m = await scrapeMetrics(d);
+        assert.ok(metricValue(m, 'presenced_connections_refused_per_ip_total') >= 1);
     });
 });

@@ -21,7 +21,7 @@ import { after, before, describe, test } from 'node:test';
 import { buildFrame, httpGet, metricValue, rawWsConnect, scrapeMetrics, sleep } from './lib/daemon.mjs';
 import { runToExit } from './lib/auth.mjs';
 import { eventually, openClient, openUser, openWatcher, startPresenced, stopDaemon } from './lib/presence.mjs';
-import { startRedis, stopNode } from './lib/redis.mjs';
+import { startCluster, startRedis, stopNode } from './lib/redis.mjs';
 
 const T = { timeout: 60000 };
 const QUIET_MS = 500;
@@ -171,6 +171,19 @@ privacyRaces('two nodes on Redis', async () => {
         stop: async () => {
             await Promise.all([stopNode(a), stopNode(b)]);
             await redis.stop();
+        },
+    };
+});
+
+privacyRaces('two nodes on a 3-master Redis Cluster', async () => {
+    const cluster = await startCluster();
+    const flags = ['--redis-cluster', cluster.seeds];
+    const [a, b] = await Promise.all([startNode(flags, 'p3a'), startNode(flags, 'p3b')]);
+    return {
+        tag: 'c2', a, b,
+        stop: async () => {
+            await Promise.all([stopNode(a), stopNode(b)]);
+            await cluster.stop();
         },
     };
 });

@@ -17,7 +17,8 @@ cmake --build build -j"$jobs"
 
 echo "== test build (clang, ASan + UBSan, libFuzzer)"
 cmake -S . -B build-test -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DPD_SANITIZE=ON \
-    -DPD_FUZZ=ON -DPD_BENCH=OFF -DPD_FUZZ_SECONDS="${PD_FUZZ_SECONDS:-10}" >/dev/null
+    -DPD_FUZZ=ON -DPD_BENCH=OFF -DPD_FUZZ_SECONDS="${PD_FUZZ_SECONDS:-10}" \
+    -DPD_RELEASE_BIN="$PWD/build/presenced" >/dev/null
 cmake --build build-test -j"$jobs"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}

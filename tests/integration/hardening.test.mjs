@@ -1,9 +1,6 @@
 // Regression tests of the attack campaign's engine and dispatch findings (issue #11), on the
 // store where each happened:
-//  - Redis: ~70,000 pipelined set_status followed by a TCP reset freed the session while store
-//    answers were still due (a 16-bit count of calls in flight wrapped): use after free. Now a
-//    connection with DISPATCH_INFLIGHT_MAX requests waiting is not read further until answers
-//    come back; every request read is answered, none is lost.
+//  - (the calls in flight per connection: hardening_inflight.test.mjs)
 //  - Redis: set_visibility nobody (or block) followed at once by a status change sent the watcher
 //    that had just lost sight the full new presence before the bare offline (the permission
 //    re-check is a store round trip). Deliveries of the user are now held until it answers.
@@ -18,7 +15,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 
-import { buildFrame, httpGet, metricValue, rawWsConnect, scrapeMetrics, sleep } from './lib/daemon.mjs';
+import { httpGet, metricValue, scrapeMetrics, sleep } from './lib/daemon.mjs';
 import { runToExit } from './lib/auth.mjs';
 import { eventually, openClient, openUser, openWatcher, startPresenced, stopDaemon } from './lib/presence.mjs';
 import { startCluster, startRedis, stopNode } from './lib/redis.mjs';
@@ -36,53 +33,6 @@ async function startNode(flags, nodeId) {
 /** What c received about user since index from (entries). */
 const about = (c, user, from = 0) =>
     c.all.slice(from).filter((e) => e.msg.type === 'presence_update' && e.msg.presence.user_id === user);
-
-describe('calls in flight per connection (Redis)', { timeout: 120000 }, () => {
-    let redis;
-    let d;
-    before(async () => {
-        redis = await startRedis();
-        d = await startNode(['--redis', redis.url, '--rate-limit', '0'], 'inflight');
-    });
-    after(async () => {
-        await stopDaemon(d);
-        await redis?.stop();
-    });
-
-    test('70,000 pipelined set_status then a TCP reset: the node survives, reading was held', T, async () => {
-        const c = await rawWsConnect(d, { user: 'flooder' });
-        const frames = [];
-        for (let i = 0; i < 70000; i++)
-            frames.push(buildFrame({ payload: `{"type":"set_status","status":"${i & 1 ? 'busy' : 'online'}"}` }));
-        const all = Buffer.concat(frames);
-        c.sock.write(all);
-        await sleep(300); // some of it read and waiting for Redis
-        c.sock.resetAndDestroy();
-        // The node goes on (under ASan a use after free aborts it) and answers others.
-        await sleep(1500);
-        assert.equal(d.exit, null, `the node died: ${d.log.slice(-2000)}`);
-        const w = await openUser(d, 'after-flood');
-        await w.ok({ type: 'set_status', status: 'busy' });
-        const m = await scrapeMetrics(d);
-        assert.ok(metricValue(m, 'presenced_inflight_holds_total') >= 1, 'the flooder was never held');
-    });
-
-    test('a pipelined burst with ids is answered in full and in order while held', T, async () => {
-        const c = await openUser(d, 'pipeliner');
-        const N = 3000;
-        const frames = [];
-        for (let i = 0; i < N; i++) frames.push(JSON.stringify({ type: 'set_status', status: i & 1 ? 'away' : 'online', id: i }));
-        const before = metricValue(await scrapeMetrics(d), 'presenced_inflight_holds_total');
-        const from = c.all.length;
-        for (const f of frames) c.ws.send(f);
-        const answers = () => c.all.slice(from).filter((e) => e.msg.type === 'ack' || e.msg.type === 'error');
-        await eventually(() => answers().length >= N, 30000, `${N} answers`, 50);
-        assert.deepEqual(answers().map((e) => e.msg.type === 'ack' ? e.msg.id : e.raw), [...Array(N).keys()],
-            'every request answered once, with an ack, in order');
-        const held = metricValue(await scrapeMetrics(d), 'presenced_inflight_holds_total') - before;
-        assert.ok(held >= 1, 'a burst of 3,000 never reached the bound');
-    });
-});
 
 /** The privacy races, run on one node and across two. */
 function privacyRaces(name, start) {
@@ -350,7 +300,13 @@ describe('connections per client address', () => {
             const r = await tcpFrom(d, '127.0.0.1', 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
             return /^HTTP\/1\.1 200 /.test(r.got);
         }, 3000, 'a place again');
-        const m = await scrapeMetrics(d);
+        // The scrape is a connection of the address too: room for it once the others are gone.
+        await Promise.all(held.slice(1).map((c) => c.terminate()));
+        let m;
+        await eventually(async () => {
+            m = await scrapeMetrics(d).catch(() => null);
+            return m !== null;
+        }, 3000, 'the metrics');
         assert.ok(metricValue(m, 'presenced_connections_refused_per_ip_total') >= 1);
     });
 });

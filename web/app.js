@@ -309,10 +309,7 @@ async function start(name, device) {
     for (const id of local.get(addedKey(), [])) if (people.has(id)) people.get(id).added = true;
     renderRoster();
     renderMe();
-    setInterval(() => {
-        renderRoster();
-        peekDoc();
-    }, CONFIG.tickMs);
+    setInterval(renderRoster, CONFIG.tickMs);
 
     try {
         await client.connect();
@@ -338,7 +335,6 @@ async function start(name, device) {
     renderMe();
     if (!invisible) joinLobby();
     if (session.get('presenced.doc', false)) openDoc(session.get('presenced.docMode', 'viewing'));
-    else peekDoc();
 }
 
 async function joinLobby() {
@@ -643,30 +639,6 @@ async function openDoc(mode = docMode) {
     renderRoster();
 }
 
-/** While the document is closed: who is in it (anyone may ask about a room). */
-async function peekDoc() {
-    const peek = $('doc-peek');
-    if (docOpen || !client || !client.connected) {
-        peek.replaceChildren();
-        return;
-    }
-    try {
-        const a = await client.channelMembers(CONFIG.doc, { limit: 5 });
-        if (docOpen) return;
-        const ids = a.members.map((m) => m.user_id).filter((id) => id !== me.name);
-        if (ids.length === 0) {
-            peek.replaceChildren();
-            return;
-        }
-        const pile = el('span', { class: 'facepile facepile-inline' }, ...ids.slice(0, 4).map((id) => avatar(id, { size: 'sm' })));
-        const more = a.count - ids.length - (a.members.some((m) => m.user_id === me.name) ? 1 : 0);
-        const who = listWords(more > 0 ? [...ids, `${more} more`] : ids);
-        peek.replaceChildren(pile, `${who} ${ids.length + Math.max(0, more) === 1 ? 'is' : 'are'} in it now`);
-    } catch {
-        peek.replaceChildren();
-    }
-}
-
 async function closeDoc() {
     docOpen = false;
     session.set('presenced.doc', false);
@@ -675,7 +647,6 @@ async function closeDoc() {
     $('cursors').replaceChildren();
     renderDoc();
     renderRoster();
-    peekDoc();
 }
 
 $('doc-toggle').addEventListener('click', () => (docOpen ? closeDoc() : openDoc()));

@@ -40,6 +40,6 @@ void events_publish(events_t *h, const pd_event_t *ev) {
 }
 
 const char *events_reason_name(uint8_t reason) {
-    static const char *const names[] = {"left", "disconnected", "timeout"};
-    return reason < 3 ? names[reason] : "left";
+    static const char *const names[] = {"left", "disconnected", "timeout", "revoked"};
+    return reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "left";
 }

@@ -155,7 +155,7 @@ describe('demo page', () => {
             // The document: both open it; avatars and modes.
             await a.page.click('#doc-toggle');
             await a.page.waitForSelector('#doc-open:not([hidden])');
-            await b.page.waitForSelector('#doc-peek .avatar'); // bob sees alice in it before opening
+            // (Who is in a room is shown only to its members: bob sees alice once he opens it.)
             await b.page.click('#doc-toggle');
             await a.page.waitForSelector('#doc-members li[data-user="bob"][data-mode="viewing"]');
             await b.page.waitForSelector('#doc-members li[data-user="alice"]');

@@ -619,6 +619,25 @@ describe('tokens and heartbeats', () => {
         await rejectsWith(tina.refreshToken('not.a.token'), 'bad_token', 'garbage');
     });
 
+    test('a refresh with a narrower channels claim: the revoked room is forgotten (left_room, revoked), not rejoined', T, async () => {
+        const dir = makeTemp();
+        temps.add(dir);
+        const { file, secret } = writeSecret(dir);
+        const d = await daemon(['--token-secret-file', file]);
+        const url = `ws://127.0.0.1:${d.port}/presence`;
+        const rita = client(url, null, { token: signToken('HS256', secret, claimsFor('rita', 60, { channels: ['doc:*', 'lobby'] })) });
+        await rita.connect();
+        await rita.join('doc:1');
+        await rita.join('lobby');
+        const changes = [];
+        rita.on('room', (room, change) => changes.push([room.channel, change.type, change.reason]));
+        await rita.refreshToken(signToken('HS256', secret, claimsFor('rita', 60, { channels: ['lobby'] })));
+        await until(() => changes.some(([ch]) => ch === 'doc:1'), 3000, 'the revoked room');
+        assert.deepEqual(changes.filter(([ch]) => ch === 'doc:1'), [['doc:1', 'left_room', 'revoked']]);
+        assert.deepEqual([...rita.rooms.keys()], ['lobby'], 'the revoked room is forgotten, the other kept');
+        await rejectsWith(rita.join('doc:1'), 'forbidden', 'the new claim');
+    });
+
     test('a static token in the Authorization header (Node); an expired one ends the session without a retry loop', T, async () => {
         const dir = makeTemp();
         temps.add(dir);

@@ -275,7 +275,8 @@ export interface PresenceClientEvents {
     onStatusChange: (own: OwnStatus) => void;
     idle: (idle: boolean) => void;
     /** Any change of a joined room's member map. */
-    room: (room: Room, change: ServerMessage | { type: 'state' | 'members' | 'left_room' }) => void;
+    /** left_room: after leave(), or with reason 'revoked' when a refresh took the room away. */
+    room: (room: Room, change: ServerMessage | { type: 'state' | 'members' } | { type: 'left_room'; reason?: string }) => void;
     member_joined: (event: MemberEvent, room: Room | undefined) => void;
     member_updated: (event: MemberEvent, room: Room | undefined) => void;
     member_left: (event: MemberEvent, room: Room | undefined) => void;

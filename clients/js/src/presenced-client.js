@@ -655,6 +655,11 @@ export class PresenceClient {
             case 'channel_delta':
                 this._onChannelDelta(msg);
                 break;
+            case 'channel_left':
+                // The server took this connection out of a room (a refreshed token no longer
+                // allows it): as a leave, without asking for one.
+                if (typeof msg.channel === 'string') this._forgetRoom(msg.channel, msg.reason);
+                break;
             case 'cursor':
             case 'typing':
                 this._onSignal(msg);
@@ -954,8 +959,8 @@ export class PresenceClient {
         return room;
     }
 
-    /** Leaves a room. */
-    leave(channel) {
+    /** Forgets a room this connection is no longer in (not joined again on reconnect). */
+    _forgetRoom(channel, reason) {
         const room = this.rooms.get(channel);
         this.rooms.delete(channel);
         for (const key of [...this._signals.keys()]) if (key.endsWith(`\n${channel}`)) this._dropSignal(key);
@@ -963,8 +968,13 @@ export class PresenceClient {
         this._typingOff.delete(channel);
         if (room) {
             room.joined = false;
-            this._emit('room', room, { type: 'left_room' });
+            this._emit('room', room, reason ? { type: 'left_room', reason } : { type: 'left_room' });
         }
+    }
+
+    /** Leaves a room. */
+    leave(channel) {
+        this._forgetRoom(channel);
         if (this.state !== ConnectionState.CONNECTED) return Promise.resolve({ type: 'ack' });
         return this._request({ type: 'leave', channel }, { restoredBy: true });
     }

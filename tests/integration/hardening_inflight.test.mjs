@@ -3,8 +3,9 @@
 // answers were still due (a 16-bit count of calls in flight wrapped): a use after free under
 // ASan, SIGSEGV in the release build. Now a connection with DISPATCH_INFLIGHT_MAX requests
 // waiting is not read further until answers come back; every request read is answered, none
-// is lost. CTest runs this file against the ASan build and, as hardening_release, against the
-// release build (tests/CMakeLists.txt, PD_RELEASE_BIN).
+// is lost. The stalled-Redis case reproduces the crash on the code before the fix (ASan:
+// heap-use-after-free in req_presence_done). CTest runs this file against the ASan build and,
+// as hardening_release, against the release build (tests/CMakeLists.txt, PD_RELEASE_BIN).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
@@ -48,6 +49,35 @@ describe('calls in flight per connection (Redis)', { timeout: 120000 }, () => {
         await w.ok({ type: 'set_status', status: 'busy' });
         const m = await scrapeMetrics(d);
         assert.ok(metricValue(m, 'presenced_inflight_holds_total') >= 1, 'the flooder was never held');
+    });
+
+    test('70,000 set_status pipelined while Redis stalls, then a reset: answers due to a freed session', T, async () => {
+        // Nothing is answered while Redis is stopped, so every message read is a call in
+        // flight: past 65,535 the 16-bit count wrapped and the reset freed the session with
+        // the rest still due (use after free when Redis came back). Now reading stops at 64.
+        const s = await startNode(['--redis', redis.url, '--rate-limit', '0', '--redis-timeout', '20'], 'stall');
+        try {
+            const c = await rawWsConnect(s, { user: 'staller' });
+            await sleep(200);
+            redis.proc.kill('SIGSTOP');
+            try {
+                const frames = [];
+                for (let i = 0; i < 70000; i++)
+                    frames.push(buildFrame({ payload: `{"type":"set_status","status":"${i & 1 ? 'busy' : 'away'}"}` }));
+                c.sock.write(Buffer.concat(frames));
+                await sleep(3000); // the node reads what it may
+                c.sock.resetAndDestroy();
+                await sleep(500);
+            } finally {
+                redis.proc.kill('SIGCONT');
+            }
+            await sleep(3000); // the answers come back, for a session that is gone
+            assert.equal(s.exit, null, `the node died: ${s.log.slice(-3000)}`);
+            const w = await openUser(s, 'after-stall');
+            await w.ok({ type: 'set_status', status: 'busy' });
+        } finally {
+            await stopDaemon(s);
+        }
     });
 
     test('a pipelined burst with ids is answered in full and in order while held', T, async () => {

@@ -51,34 +51,44 @@ describe('calls in flight per connection (Redis)', { timeout: 120000 }, () => {
         assert.ok(metricValue(m, 'presenced_inflight_holds_total') >= 1, 'the flooder was never held');
     });
 
-    test('70,000 set_status pipelined while Redis stalls, then a reset: answers due to a freed session', T, async () => {
-        // Nothing is answered while Redis is stopped, so every message read is a call in
-        // flight: past 65,535 the 16-bit count wrapped and the reset freed the session with
-        // the rest still due (use after free when Redis came back). Now reading stops at 64.
-        const s = await startNode(['--redis', redis.url, '--rate-limit', '0', '--redis-timeout', '20'], 'stall');
-        try {
-            const c = await rawWsConnect(s, { user: 'staller' });
-            await sleep(200);
-            redis.proc.kill('SIGSTOP');
+    for (const kind of ['set_status', 'room update']) {
+        test(`70,000 ${kind} pipelined while Redis stalls, then a reset: answers due to a freed session`, T, async () => {
+            // Nothing is answered while Redis is stopped, so every message read is a call in
+            // flight: past 65,535 the 16-bit count (session_t.pending, rlink.pending) wrapped and
+            // the reset freed the session or room link with the rest still due (use after free
+            // when Redis came back). Now reading stops at 64.
+            const s = await startNode(['--redis', redis.url, '--rate-limit', '0', '--redis-timeout', '20'],
+                kind === 'set_status' ? 'stall-s' : 'stall-r');
             try {
-                const frames = [];
-                for (let i = 0; i < 70000; i++)
-                    frames.push(buildFrame({ payload: `{"type":"set_status","status":"${i & 1 ? 'busy' : 'away'}"}` }));
-                c.sock.write(Buffer.concat(frames));
-                await sleep(3000); // the node reads what it may
-                c.sock.resetAndDestroy();
-                await sleep(500);
+                const c = await rawWsConnect(s, { user: `staller-${kind.length}` });
+                const payload = kind === 'set_status'
+                    ? (i) => `{"type":"set_status","status":"${i & 1 ? 'busy' : 'away'}"}`
+                    : (i) => `{"type":"update","channel":"stall","metadata":{"n":${i}}}`;
+                if (kind !== 'set_status') {
+                    await c.write(buildFrame({ payload: '{"type":"join","channel":"stall","id":1}' }));
+                    await c.readFrame(5000); // channel_state
+                }
+                await sleep(200);
+                redis.proc.kill('SIGSTOP');
+                try {
+                    const frames = [];
+                    for (let i = 0; i < 70000; i++) frames.push(buildFrame({ payload: payload(i) }));
+                    c.sock.write(Buffer.concat(frames));
+                    await sleep(3000); // the node reads what it may
+                    c.sock.resetAndDestroy();
+                    await sleep(500);
+                } finally {
+                    redis.proc.kill('SIGCONT');
+                }
+                await sleep(3000); // the answers come back, for a session that is gone
+                assert.equal(s.exit, null, `the node died: ${s.log.slice(-3000)}`);
+                const w = await openUser(s, 'after-stall');
+                await w.ok({ type: 'set_status', status: 'busy' });
             } finally {
-                redis.proc.kill('SIGCONT');
+                await stopDaemon(s);
             }
-            await sleep(3000); // the answers come back, for a session that is gone
-            assert.equal(s.exit, null, `the node died: ${s.log.slice(-3000)}`);
-            const w = await openUser(s, 'after-stall');
-            await w.ok({ type: 'set_status', status: 'busy' });
-        } finally {
-            await stopDaemon(s);
-        }
-    });
+        });
+    }
 
     test('a pipelined burst with ids is answered in full and in order while held', T, async () => {
         const c = await openUser(d, 'pipeliner');

@@ -196,7 +196,8 @@ static void engine_error(dispatch_t *d, conn_t *c, const proto_id_t *id, int typ
         send_error(d, c, id, PROTO_E_NOT_MEMBER, "the connection has not joined this channel");
     } else if (err == PD_EUNAVAIL) {
         send_error(d, c, id, PROTO_E_UNAVAILABLE,
-                   "the shared store cannot be reached right now; retry with backoff");
+                   "the store cannot take this right now (Redis unreachable, or the "
+                   "embedded store's write queue full); retry with backoff");
     } else if (err == PD_EFULL) {
         send_error(d, c, id, PROTO_E_ROOM_FULL, "the channel has as many members as allowed");
     } else if (err == PD_ETOOBIG && type == PROTO_JOIN) {

@@ -25,7 +25,6 @@ struct euser {
     pd_obuf_t *held;      /* the latest change, held while checks > 0 */
     uint64_t held_version;
     uint32_t nwatchers;
-    uint32_t mark;        /* request epoch, to drop duplicate ids in one request */
     uint32_t checks;      /* privacy decisions about watchers still in the store: holds */
     uint32_t privacy_gen; /* privacy changes of the user announced so far */
     uint16_t id_len;

@@ -10,8 +10,8 @@
  * The engine talks to connections only through engine_client_ops_t and to the wire format
  * only through engine_codec_t, so it is tested without sockets or JSON.
  *
- * Memory: a session is about 112 bytes; a local user record 40 bytes + id; a subscription
- * edge 72 bytes.
+ * Memory: a session is 120 bytes; a local user record 62 bytes + id; a subscription
+ * edge 80 bytes.
  */
 #ifndef PD_ENGINE_H
 #define PD_ENGINE_H

@@ -22,13 +22,21 @@ struct euser {
     hmap_node_t node;
     session_t *sessions;  /* this node's sessions of the user */
     struct sub *watchers; /* this node's sessions watching the user */
-    pd_obuf_t *held;      /* the latest change, held while checks > 0 */
-    uint64_t held_version;
     uint32_t nwatchers;
-    uint32_t checks;      /* privacy decisions about watchers still in the store: holds */
     uint32_t privacy_gen; /* privacy changes of the user announced so far */
-    uint16_t id_len;
+    uint16_t id_len : 15; /* at most PD_USER_ID_MAX */
+    uint16_t holding : 1; /* its deliveries are held: a struct hold in engine.holds */
     char id[];
+};
+
+/* A user whose deliveries are held (see Holds), in engine.holds: only while privacy decisions
+ * about its watchers are in the store, so the user record itself stays as small as it was. */
+struct hold {
+    hmap_node_t node; /* keyed by the user record's address */
+    struct euser *u;
+    pd_obuf_t *frame; /* the latest change, held; NULL before one comes */
+    uint64_t version; /* of frame */
+    uint32_t checks;  /* decisions still in the store */
 };
 
 /* One session watching one user. */
@@ -44,7 +52,7 @@ struct sub {
     uint8_t owed : 1;            /* visible again: the current presence is to be sent */
     uint8_t checking : 1;        /* new: the store has not said yet whether it is visible */
     uint8_t shown : 1;           /* the watcher was shown a presence of target */
-    uint8_t fresh : 1;           /* was sent a presence at least as new as target->held */
+    uint8_t fresh : 1;           /* was sent a presence at least as new as the held one */
     uint8_t mark : 1, stale : 1; /* scratch flags of one subscribe answer */
 };
 
@@ -90,6 +98,7 @@ struct engine {
     events_t *events; /* backends' feed: the SSE streams, webhooks */
     hmap_t users;
     hmap_t subs;
+    hmap_t holds; /* struct hold by user record */
     istr_table_t labels;
     uint32_t epoch;
     wheel_timer_t checkpoint; /* live users' last_seen to the store (store_ops.seen) */
@@ -156,10 +165,9 @@ static pd_str_t user_id(const struct euser *u) {
 }
 
 static void maybe_free_user(engine_t *e, struct euser *u) {
-    if (u->sessions || u->watchers || u->checks)
+    if (u->sessions || u->watchers || u->holding)
         return;
     hmap_remove(&e->users, &u->node);
-    pd_obuf_release(u->held);
     free(u);
 }
 
@@ -182,26 +190,63 @@ static void deliver(engine_t *e, struct sub *s, pd_obuf_t *frame) {
         s->shown = 1;
 }
 
-static void hold_begin(struct euser *u) {
-    u->checks++;
+static bool hold_eq(const hmap_node_t *n, const void *key, size_t len) {
+    (void)len;
+    return ((const struct hold *)n)->u == *(struct euser *const *)key;
+}
+
+static uint64_t hold_hash(engine_t *e, const struct euser *u) {
+    return pd_hash(e->key, &u, sizeof(u));
+}
+
+/* u's hold, or NULL when its deliveries are not held. */
+static struct hold *find_hold(engine_t *e, const struct euser *u) {
+    if (!u->holding)
+        return NULL;
+    return (struct hold *)hmap_find(&e->holds, hold_hash(e, u), &u, sizeof(u), hold_eq);
+}
+
+/* One more decision about u's watchers is in the store. PD_ENOMEM (nothing held). */
+static int hold_begin(engine_t *e, struct euser *u) {
+    struct hold *h = find_hold(e, u);
+    if (!h) {
+        h = calloc(1, sizeof(*h));
+        if (!h)
+            return PD_ENOMEM;
+        h->u = u;
+        hmap_insert(&e->holds, &h->node, hold_hash(e, u));
+        u->holding = 1;
+    }
+    h->checks++;
+    return 0;
 }
 
 /* Keeps frame (a new reference) as u's latest held change. */
-static void hold_frame(struct euser *u, pd_obuf_t *frame, uint64_t version) {
+static void hold_frame(struct hold *h, pd_obuf_t *frame, uint64_t version) {
     pd_obuf_retain(frame); /* announcements come in order: the last one is the latest */
-    pd_obuf_release(u->held);
-    u->held = frame;
-    u->held_version = version;
-    for (struct sub *s = u->watchers; s; s = s->t_next)
+    pd_obuf_release(h->frame);
+    h->frame = frame;
+    h->version = version;
+    for (struct sub *s = h->u->watchers; s; s = s->t_next)
         s->fresh = 0; /* nobody has seen this one yet */
+}
+
+/* Whether a presence of version v is as new as what u holds (then the held one need not go to
+ * a watcher that was just sent it). */
+static bool held_not_newer(engine_t *e, const struct euser *u, uint64_t v) {
+    const struct hold *h = find_hold(e, u);
+    return h && h->frame && v >= h->version;
 }
 
 /* One decision is in; the last one sends what was held. May free u. */
 static void hold_end(engine_t *e, struct euser *u) {
-    if (--u->checks > 0)
+    struct hold *h = find_hold(e, u);
+    if (--h->checks > 0)
         return;
-    pd_obuf_t *frame = u->held;
-    u->held = NULL;
+    pd_obuf_t *frame = h->frame;
+    hmap_remove(&e->holds, &h->node);
+    free(h);
+    u->holding = 0;
     for (struct sub *s = u->watchers; frame && s; s = s->t_next) {
         if (s->watcher->client && s->visible && !s->fresh)
             deliver(e, s, frame);
@@ -243,7 +288,12 @@ static struct sub *add_sub(engine_t *e, session_t *w, struct euser *t) {
     /* Hidden until the store's answer says otherwise (req_presences_done). */
     s->checking = 1;
     s->gen = t->privacy_gen;
-    hold_begin(t);
+    if (hold_begin(e, t) != 0) {
+        if (t->nwatchers == 0)
+            store_unwatch(e->store, user_id(t));
+        free(s);
+        return NULL;
+    }
     s->t_next = t->watchers;
     if (t->watchers)
         t->watchers->t_prev = s;
@@ -312,8 +362,9 @@ static void on_presence_changed(void *ctx, const pd_presence_t *p) {
     pd_obuf_t *frame = e->codec.presence_update(p);
     if (!frame)
         return;
-    if (u->checks) {
-        hold_frame(u, frame, p->version);
+    struct hold *h = find_hold(e, u);
+    if (h) {
+        hold_frame(h, frame, p->version);
     } else {
         for (struct sub *s = u->watchers; s; s = s->t_next) {
             if (s->watcher->client && s->visible) /* the privacy rule, decided per watcher */
@@ -810,7 +861,7 @@ static void subscribe_answered(session_t *s, struct req *r, int err, const pd_pr
             view[*nview].last_seen = local_last_seen(e, &ps[i], &c);
         (*nview)++;
         sub->shown = 1;
-        if (sub->mark && ps[i].version >= sub->target->held_version)
+        if (sub->mark && held_not_newer(e, sub->target, ps[i].version))
             sub->fresh = 1; /* the snapshot is as new as what is held */
     }
 }
@@ -1041,7 +1092,7 @@ static void owed_presence(void *arg, int err, const pd_presence_t *ps, size_t n,
         s->owed = 0;
         if (frame && s->watcher->client && s->visible) {
             deliver(e, s, frame);
-            if (ps[0].version >= t->held_version)
+            if (held_not_newer(e, t, ps[0].version))
                 s->fresh = 1;
         }
     }
@@ -1114,8 +1165,7 @@ static void rechecked(void *arg, int err, const uint8_t *bits) {
     if (err)
         PD_WARN(e->log, "engine", "privacy of %.*s could not be re-checked (%s): hidden",
                 (int)rc->target.len, rc->target.s, pd_strerror(err));
-    if (owed) {
-        hold_begin(t); /* until the owed presence is sent */
+    if (owed && hold_begin(e, t) == 0) { /* held until the owed presence is sent */
         if (store_presence_get(e->store, (pd_str_t){0}, &rc->target, 1, owed_presence, rc) == 0) {
             hold_end(e, t); /* the re-check's own hold; the fetch keeps t */
             return;
@@ -1127,8 +1177,10 @@ static void rechecked(void *arg, int err, const uint8_t *bits) {
 }
 
 static int recheck_ask(engine_t *e, struct euser *t, struct recheck *rc) {
-    hold_begin(t);
-    int err = store_can_see(e->store, rc->target, rc->requesters, rc->n, rechecked, rc);
+    int err = hold_begin(e, t);
+    if (err)
+        return err;
+    err = store_can_see(e->store, rc->target, rc->requesters, rc->n, rechecked, rc);
     if (err)
         hold_end(e, t);
     return err;
@@ -1360,7 +1412,7 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
     e->ops = *ops;
     e->codec = *codec;
     e->log = log;
-    if (hmap_init(&e->users, 1024) || hmap_init(&e->subs, 1024) ||
+    if (hmap_init(&e->users, 1024) || hmap_init(&e->subs, 1024) || hmap_init(&e->holds, 16) ||
         istr_table_init(&e->labels, key)) {
         engine_free(e);
         return NULL;
@@ -1401,14 +1453,25 @@ void engine_free(engine_t *e) {
                 free(s);
             }
             hmap_remove(&e->users, &u->node);
-            pd_obuf_release(u->held);
             free(u);
         }
     }
     if (e->store)
         store_listen_presence(e->store, NULL, NULL, NULL, NULL, NULL);
     hmap_destroy(&e->users);
+    if (e->holds.buckets) {
+        /* Decisions still in the store at exit: their answers never come (the store failed
+         * them before), so nothing else frees these. */
+        for (hmap_node_t *n = hmap_first(&e->holds); n;) {
+            struct hold *h = (struct hold *)n;
+            n = hmap_next(&e->holds, n);
+            hmap_remove(&e->holds, &h->node);
+            pd_obuf_release(h->frame);
+            free(h);
+        }
+    }
     hmap_destroy(&e->subs);
+    hmap_destroy(&e->holds);
     if (e->labels.map.buckets)
         istr_table_destroy(&e->labels);
     free(e);

@@ -54,10 +54,10 @@ struct ls_user {
     uint32_t pending; /* durable writes of this user not yet called back: kept till then */
     uint16_t nsessions;
     uint16_t id_len;
-    uint8_t dirty;         /* last_seen not yet written */
-    uint8_t unsaved;       /* a write of this user failed: memory is ahead of the file */
-    uint8_t server_status; /* a backend's claim (PD_ONLINE/AWAY/BUSY) merged with live
-                              sessions; 0 when none */
+    uint8_t dirty : 1;         /* last_seen not yet written */
+    uint8_t unsaved : 1;       /* a write of this user failed: memory is ahead of the file */
+    uint8_t server_status : 2; /* a backend's claim (PD_ONLINE/AWAY/BUSY) merged with live
+                                  sessions; 0 when none */
     char id[];
 };
 
@@ -163,7 +163,10 @@ static struct ls_user *get_user(struct store_local *st, pd_str_t id) {
     struct ls_user *u = find_user(st, id);
     if (u)
         return u;
-    u = calloc(1, sizeof(*u) + id.len + 1);
+    /* The id starts inside the struct's tail padding: only the bytes it needs are taken (a
+     * user record is a per-connection cost; the struct is never copied whole). */
+    size_t bytes = offsetof(struct ls_user, id) + id.len + 1;
+    u = calloc(1, bytes > sizeof(*u) ? bytes : sizeof(*u));
     if (!u)
         return NULL;
     u->id_len = (uint16_t)id.len;

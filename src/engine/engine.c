@@ -1314,7 +1314,8 @@ static double store_stat(engine_t *e, int which) {
         return 0.0 / 0.0;
     return which <= PD_BUSY ? (double)s.users[which]
            : which == 4     ? (double)s.rooms
-                            : (double)s.members;
+           : which == 5     ? (double)s.members
+                            : (double)s.writes_pending;
 }
 static double gauge_offline(void *ctx) {
     return store_stat(ctx, PD_OFFLINE);
@@ -1334,6 +1335,9 @@ static double gauge_rooms(void *ctx) {
 static double gauge_members(void *ctx) {
     return store_stat(ctx, 5);
 }
+static double gauge_writes(void *ctx) {
+    return store_stat(ctx, 6);
+}
 
 static void register_metrics(engine_t *e, pd_metrics_t *m) {
     if (m) {
@@ -1346,6 +1350,10 @@ static void register_metrics(engine_t *e, pd_metrics_t *m) {
                             gauge_rooms, e);
         pd_metrics_gauge_fn(m, "presenced_room_members", "Members, summed over rooms", NULL, NULL,
                             gauge_members, e);
+        pd_metrics_gauge_fn(m, "presenced_store_writes_pending",
+                            "Durable writes of the embedded store queued for its writer thread or "
+                            "being committed (at most 65,536)",
+                            NULL, NULL, gauge_writes, e);
     }
 #define COUNTER(field, name, help)                                                                 \
     do {                                                                                           \

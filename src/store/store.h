@@ -273,6 +273,7 @@ typedef struct store_stats {
     uint64_t users[PD_BUSY + 1]; /* known users by aggregate status */
     uint64_t rooms;              /* rooms with at least one member */
     uint64_t members;            /* members, summed over rooms */
+    uint64_t writes_pending;     /* durable writes queued or being committed (local store) */
 } store_stats_t;
 
 typedef struct store_ops {

@@ -1195,6 +1195,7 @@ static int ls_stats(store_t *base, store_stats_t *s) {
     memcpy(s->users, st->by_status, sizeof(s->users));
     s->rooms = st->rooms.count;
     s->members = st->members;
+    s->writes_pending = st->persist ? persist_pending(st->persist) : 0;
     return 0;
 }
 

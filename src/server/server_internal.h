@@ -33,7 +33,7 @@ struct server {
     struct conn_qnode *free_nodes;
     uint32_t nfree_nodes;
     uint64_t next_id;
-    uint64_t nconns;
+    uint64_t nconns; /* TCP connections open (not the closed ones kept for an answer owed) */
     struct server_counters n;
     uint16_t shutdown_code;
     char shutdown_reason[64];

@@ -7,6 +7,12 @@
  * - The upper layer hears on_close exactly once per accepted upgrade, always from the flush
  *   (never from inside its own calls into conn_*), and c is freed only in the libuv close
  *   callback that follows (hiredis's adapters/libuv.h, Redis's freeClientAsync).
+ * - An HTTP exchange is the connection itself, so c is never freed while an answer is owed
+ *   (c->awaiting): a connection closed first keeps its struct, emptied and detached from the
+ *   server (c->srv NULL: the server may be freed before a store fails its last calls), and
+ *   the late answer frees it instead of being written. Its memory cannot be reused by another
+ *   connection before the answer, so the answer can never reach anyone else. Cost: the bare
+ *   struct per abandoned request, until the store answers or fails the call (its timeout).
  * - Queued output is a list of references to shared buffers; a node handed to uv_write is
  *   never touched until its callback.
  */
@@ -187,15 +193,26 @@ static void on_closed(uv_handle_t *h) {
         queue_release_head(c);
     }
     http_reqparser_free(c->http);
+    c->http = NULL;
     free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
     free(c->msg);
-    free(c);
+    c->msg = NULL;
+    if (c->awaiting)
+        c->srv = NULL; /* the answer owed frees it (http_exchange_respond) */
+    else
+        free(c);
     server__conn_gone(s);
 }
 
 void server__reap_now(conn_t *c) {
     if (c->state == CONN_DEAD)
         return;
+    if (c->awaiting)
+        (*server__counter(c->srv, "presenced_http_answers_abandoned_total",
+                          "HTTP requests whose connection closed before their answer (dropped)",
+                          NULL, NULL))++;
     notify_stream_end(c);
     if (c->upgraded && !c->ended)
         conn_end(c, CONN_END_DROPPED);
@@ -506,12 +523,23 @@ static void http_fail(conn_t *c, int status, const char *extra_headers) {
     wheel_schedule(c->srv->wheel, &c->timer, now_ms(c) + c->srv->cfg.close_timeout_ms);
 }
 
+/* The exchange is answered: a connection already closed (kept only for this) is freed. True
+ * when it was, and nothing may touch c again. */
+static bool exchange_settle(conn_t *c) {
+    c->awaiting = 0;
+    if (c->srv)
+        return false;
+    free(c);
+    return true;
+}
+
 void http_exchange_respond(http_exchange_t *ex, int status, const char *content_type,
                            const char *extra_headers, const void *body, size_t body_len) {
     conn_t *c = (conn_t *)ex;
     if (!c->awaiting)
         return;
-    c->awaiting = 0;
+    if (exchange_settle(c))
+        return; /* the client went away: the answer goes nowhere */
     bool keep_alive = c->keep_alive && !c->srv->shutting_down;
     if (c->state == CONN_HTTP && !c->reap) {
         http_send(c,
@@ -530,8 +558,12 @@ http_stream_t *http_exchange_stream(http_exchange_t *ex, int status, const char 
                                     const char *extra_headers, void (*on_end)(void *arg),
                                     void *arg) {
     conn_t *c = (conn_t *)ex;
-    if (!c->awaiting || c->state != CONN_HTTP || c->reap)
+    if (!c->awaiting)
         return NULL;
+    if (c->state != CONN_HTTP || c->reap) {
+        exchange_settle(c); /* the client is gone: nobody to answer */
+        return NULL;
+    }
     struct conn_stream *cs = malloc(sizeof(*cs));
     char head[1024];
     int n = snprintf(head, sizeof(head),
@@ -543,6 +575,8 @@ http_stream_t *http_exchange_stream(http_exchange_t *ex, int status, const char 
     pd_obuf_t *b = cs && n > 0 && (size_t)n < sizeof(head) ? pd_obuf_from(head, (size_t)n) : NULL;
     if (!b) {
         free(cs);
+        /* Out of memory (or a head too long): answered all the same, never left owed. */
+        http_exchange_respond(ex, 503, "text/plain; charset=utf-8", NULL, "out of memory\n", 14);
         return NULL;
     }
     cs->on_end = on_end;
@@ -586,12 +620,17 @@ uint32_t http_stream_backlog(const http_stream_t *st) {
 
 bool http_exchange_alive(const http_exchange_t *ex) {
     const conn_t *c = (const conn_t *)ex;
-    return c->state == CONN_HTTP && !c->reap;
+    return c->srv && c->state == CONN_HTTP && !c->reap;
 }
 
 const char *http_exchange_peer(const http_exchange_t *ex) {
     static char buf[64];
-    return conn_peer((const conn_t *)ex, buf, sizeof(buf));
+    const conn_t *c = (const conn_t *)ex;
+    if (!c->srv) {
+        snprintf(buf, sizeof(buf), "?:0"); /* closed: its socket is gone */
+        return buf;
+    }
+    return conn_peer(c, buf, sizeof(buf));
 }
 
 static bool path_is(const http_request_t *req, const char *path) {

@@ -760,6 +760,16 @@ static size_t http_input(conn_t *c, uint8_t *data, size_t len) {
             http_fail(c, status, NULL);
             return len;
         }
+        if (http_reqparser_take_continue(c->http)) {
+            /* Expect: 100-continue on an acceptable head: the client holds its body back
+             * until told to go on (RFC 9110 section 10.1.1). */
+            pd_obuf_t *cont =
+                pd_obuf_from(HTTP_CONTINUE_RESPONSE, sizeof(HTTP_CONTINUE_RESPONSE) - 1);
+            if (cont) {
+                queue_push(c, cont);
+                pd_obuf_release(cont);
+            }
+        }
         if (!req)
             continue;
         handle_request(c, req);

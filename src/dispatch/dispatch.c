@@ -320,9 +320,8 @@ static void do_privacy(dispatch_t *d, struct dconn *dc, const proto_msg_t *m) {
     conn_t *c = dc->c;
     session_t *s = dc->s;
     pd_str_t me = engine_session_user(s);
-    if (m->user_id.s && m->user_id.len == me.len && memcmp(m->user_id.s, me.s, me.len) == 0) {
-        send_error(d, c, &m->id, PROTO_E_BAD_USER_ID,
-                   "a user cannot be their own contact or block themselves");
+    if (m->user_id.s && !privacy_entry_allowed(me, m->user_id)) {
+        send_error(d, c, &m->id, PROTO_E_BAD_USER_ID, PRIVACY_SELF_ENTRY_MESSAGE);
         return;
     }
     struct reply *r = reply_new(d, dc, m);

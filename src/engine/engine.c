@@ -23,9 +23,10 @@ struct euser {
     session_t *sessions;  /* this node's sessions of the user */
     struct sub *watchers; /* this node's sessions watching the user */
     uint32_t nwatchers;
-    uint32_t privacy_gen; /* privacy changes of the user announced so far */
-    uint16_t id_len : 15; /* at most PD_USER_ID_MAX */
-    uint16_t holding : 1; /* its deliveries are held: a struct hold in engine.holds */
+    uint32_t privacy_gen;      /* privacy changes of the user announced so far */
+    uint16_t id_len : 14;      /* at most PD_USER_ID_MAX */
+    uint16_t holding : 1;      /* its deliveries are held: a struct hold in engine.holds */
+    uint16_t recheck_owed : 1; /* a re-check failed: asked again (engine.recheck_timer) */
     char id[];
 };
 
@@ -54,6 +55,7 @@ struct sub {
     uint8_t shown : 1;           /* the watcher was shown a presence of target */
     uint8_t fresh : 1;           /* was sent a presence at least as new as the held one */
     uint8_t mark : 1, stale : 1; /* scratch flags of one subscribe answer */
+    uint8_t unsure : 1;          /* hidden only because the store could not answer */
 };
 
 struct session {
@@ -98,7 +100,9 @@ struct engine {
     events_t *events; /* backends' feed: the SSE streams, webhooks */
     hmap_t users;
     hmap_t subs;
-    hmap_t holds; /* struct hold by user record */
+    hmap_t holds;                /* struct hold by user record */
+    wheel_timer_t recheck_timer; /* asks again the re-checks that failed */
+    uint32_t recheck_delay_ms;   /* backoff of recheck_timer: 1 s doubling to 30 s */
     istr_table_t labels;
     uint32_t epoch;
     wheel_timer_t checkpoint; /* live users' last_seen to the store (store_ops.seen) */
@@ -118,6 +122,7 @@ struct req {
 };
 
 static void recheck_one(engine_t *e, session_t *w, struct euser *t);
+static void recheck_later(engine_t *e, struct euser *t);
 
 static uint64_t dummy_counter;
 static int64_t dummy_gauge;
@@ -1141,30 +1146,46 @@ static void rechecked(void *arg, int err, const uint8_t *bits) {
         pd_str_t *hit = bsearch(&w, rc->requesters, rc->n, sizeof(w), cmp_str);
         if (!hit)
             continue;
-        bool visible = !err && bits[hit - rc->requesters];
+        if (err) {
+            /* The store could not say: hidden (the safe side) without a word, since the
+             * watcher may well still be allowed; asked again later (recheck_later). */
+            if (rc->only) {
+                s->checking = 0;
+                hold_end(e, t); /* the edge's own hold; the re-check's keeps t */
+            }
+            if (s->visible || rc->only)
+                s->unsure = 1;
+            s->visible = 0;
+            s->owed = 0;
+            continue;
+        }
+        bool visible = bits[hit - rc->requesters];
+        bool unsure = s->unsure;
+        s->unsure = 0;
         if (rc->only) {
             s->checking = 0;
             s->visible = visible;
             s->owed = visible;
-            owed = visible;
+            owed |= visible;
             hold_end(e, t); /* the edge's own hold; the re-check's keeps t */
             continue;
         }
-        if (visible == s->visible)
+        if (visible == s->visible && !unsure)
             continue;
         if (visible) {
             s->visible = 1;
-            s->owed = 1;
+            s->owed = 1; /* the current presence: it may have changed unseen meanwhile */
             owed = true;
         } else {
-            /* Lost permission (or the store could not say: hidden is the safe side). */
-            hide_from(e, s, &hidden, rc->target);
+            hide_from(e, s, &hidden, rc->target); /* lost permission: one bare offline */
         }
     }
     pd_obuf_release(hidden);
-    if (err)
-        PD_WARN(e->log, "engine", "privacy of %.*s could not be re-checked (%s): hidden",
+    if (err) {
+        PD_WARN(e->log, "engine", "privacy of %.*s could not be re-checked (%s): asked again later",
                 (int)rc->target.len, rc->target.s, pd_strerror(err));
+        recheck_later(e, t);
+    }
     if (owed && hold_begin(e, t) == 0) { /* held until the owed presence is sent */
         if (store_presence_get(e->store, (pd_str_t){0}, &rc->target, 1, owed_presence, rc) == 0) {
             hold_end(e, t); /* the re-check's own hold; the fetch keeps t */
@@ -1223,15 +1244,62 @@ static void on_privacy_changed(void *ctx, pd_str_t user) {
     }
     if (rc && recheck_ask(e, t, rc) == 0)
         return;
-    /* Cannot ask: every watcher is hidden from t (the safe side) until its next change. */
-    PD_WARN(e->log, "engine", "privacy of %.*s changed but could not be re-checked: hidden",
-            (int)user.len, user.s);
+    /* Cannot ask: every watcher is hidden from t (the safe side), silently, until the re-check
+     * that is asked again later answers. */
+    PD_WARN(e->log, "engine",
+            "privacy of %.*s changed but could not be re-checked: asked again later", (int)user.len,
+            user.s);
     recheck_free(rc);
-    pd_obuf_t *hidden = NULL;
-    for (struct sub *s = t->watchers; s; s = s->t_next)
-        if (!s->checking && s->visible)
-            hide_from(e, s, &hidden, user);
-    pd_obuf_release(hidden);
+    for (struct sub *s = t->watchers; s; s = s->t_next) {
+        if (!s->checking && s->visible) {
+            s->visible = 0;
+            s->owed = 0;
+            s->unsure = 1;
+        }
+    }
+    recheck_later(e, t);
+}
+
+/* t's privacy is asked again at the next recheck_timer (at once when the store comes back). */
+static void recheck_later(engine_t *e, struct euser *t) {
+    t->recheck_owed = 1;
+    if (!wheel_timer_armed(&e->recheck_timer))
+        wheel_schedule(e->wheel, &e->recheck_timer, now_ms(e) + e->recheck_delay_ms);
+}
+
+static void recheck_fire(wheel_timer_t *timer, uint64_t now) {
+    (void)now;
+    engine_t *e = (engine_t *)((char *)timer - offsetof(engine_t, recheck_timer));
+    /* The users first: asking again may mark them (or others) again. */
+    size_t n = 0, cap = 0;
+    pd_str_t *ids = NULL;
+    for (hmap_node_t *h = hmap_first(&e->users); h; h = hmap_next(&e->users, h)) {
+        struct euser *u = (struct euser *)h;
+        if (!u->recheck_owed)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            pd_str_t *x = realloc(ids, ncap * sizeof(*x));
+            if (!x)
+                break; /* the rest stay marked: the timer is armed again below */
+            ids = x;
+            cap = ncap;
+        }
+        u->recheck_owed = 0;
+        ids[n++] = user_id(u); /* stays valid: on_privacy_changed frees no user record */
+    }
+    for (size_t i = 0; i < n; i++)
+        on_privacy_changed(e, ids[i]);
+    free(ids);
+    bool again = false;
+    for (hmap_node_t *h = hmap_first(&e->users); h && !again; h = hmap_next(&e->users, h))
+        again = ((struct euser *)h)->recheck_owed;
+    if (again) {
+        e->recheck_delay_ms = e->recheck_delay_ms >= 15000 ? 30000 : e->recheck_delay_ms * 2;
+        wheel_schedule(e->wheel, &e->recheck_timer, now_ms(e) + e->recheck_delay_ms);
+    } else {
+        e->recheck_delay_ms = 1000;
+    }
 }
 
 static void req_privacy_done(void *arg, int err, const store_privacy_t *p) {
@@ -1303,6 +1371,11 @@ static void on_resync(void *ctx) {
                 n++;
         }
     PD_INFO(e->log, "engine", "store back: %llu sessions registered again", (unsigned long long)n);
+    if (wheel_timer_armed(&e->recheck_timer)) {
+        /* Re-checks that failed while it was away are asked again now. */
+        e->recheck_delay_ms = 1000;
+        wheel_schedule(e->wheel, &e->recheck_timer, now_ms(e));
+    }
 }
 
 /* --- Engine --- */
@@ -1429,6 +1502,8 @@ engine_t *engine_new(const engine_config_t *cfg, store_t *store, wheel_t *wheel,
     store_listen_presence(store, e, on_presence_changed, on_presence_caused, on_privacy_changed,
                           on_resync);
     wheel_timer_init(&e->checkpoint, checkpoint_fire);
+    wheel_timer_init(&e->recheck_timer, recheck_fire);
+    e->recheck_delay_ms = 1000;
     if (e->cfg.checkpoint_ms && store->ops->seen)
         wheel_schedule(wheel, &e->checkpoint, now_ms(e) + e->cfg.checkpoint_ms);
     return e;
@@ -1442,6 +1517,7 @@ void engine_free(engine_t *e) {
     if (!e)
         return;
     wheel_cancel(e->wheel, &e->checkpoint);
+    wheel_cancel(e->wheel, &e->recheck_timer);
     if (e->users.buckets) {
         for (hmap_node_t *n = hmap_first(&e->users); n;) {
             struct euser *u = (struct euser *)n;

@@ -179,8 +179,23 @@ static void test_parse_guarded(void **state) {
     tu_guard_destroy(&g);
 }
 
+/* One rule for the WebSocket and the API: anyone but the owner may be in the owner's lists;
+ * the comparison is bytewise and by length (a prefix or a case variant is someone else). */
+static void test_entry_allowed(void **state) {
+    (void)state;
+    pd_str_t ann = {"ann", 3};
+    assert_false(privacy_entry_allowed(ann, (pd_str_t){"ann", 3}));
+    assert_true(privacy_entry_allowed(ann, (pd_str_t){"an", 2}));
+    assert_true(privacy_entry_allowed(ann, (pd_str_t){"anne", 4}));
+    assert_true(privacy_entry_allowed(ann, (pd_str_t){"Ann", 3}));
+    assert_true(privacy_entry_allowed(ann, (pd_str_t){"bob", 3}));
+    assert_string_equal(PRIVACY_SELF_ENTRY_MESSAGE,
+                        "a user cannot be their own contact or block themselves");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_entry_allowed),
         cmocka_unit_test(test_self_always),
         cmocka_unit_test(test_self_is_bytewise),
         cmocka_unit_test(test_blocked_never),

@@ -459,6 +459,18 @@ static int submit_for(struct store_local *st, struct ls_user *u, const persist_w
     return 0;
 }
 
+/* The write of u's user-level fields as they are in memory. */
+static persist_write_t fields_write(const struct ls_user *u) {
+    return (persist_write_t){.kind = PERSIST_W_FIELDS,
+                             .user = {u->id, u->id_len},
+                             .fields = {.custom_status = u->custom_status,
+                                        .custom_status_expires = u->custom_status_expires,
+                                        .activity = u->activity,
+                                        .activity_expires = u->activity_expires,
+                                        .server_status = u->server_status,
+                                        .server_status_expires = u->server_status_expires}};
+}
+
 /* Before a durable change of u: refused after shutdown; an unsaved user's settings are queued
  * whole first, so the file catches up with memory. */
 static int prepare_durable(struct store_local *st, struct ls_user *u) {
@@ -481,14 +493,7 @@ static int prepare_durable(struct store_local *st, struct ls_user *u) {
                             .ncontacts = nc,
                             .blocks = blocked,
                             .nblocks = nb};
-    persist_write_t fields = {.kind = PERSIST_W_FIELDS,
-                              .user = me,
-                              .fields = {.custom_status = u->custom_status,
-                                         .custom_status_expires = u->custom_status_expires,
-                                         .activity = u->activity,
-                                         .activity_expires = u->activity_expires,
-                                         .server_status = u->server_status,
-                                         .server_status_expires = u->server_status_expires}};
+    persist_write_t fields = fields_write(u);
     int rc = submit_for(st, u, &priv, LW_QUIET, NULL, NULL, NULL);
     if (rc == 0)
         rc = submit_for(st, u, &fields, LW_REPAIR, NULL, NULL, NULL);
@@ -667,14 +672,7 @@ static void expiry_fire(wheel_timer_t *t, uint64_t now) {
     if (st->persist && !st->shut) {
         /* Best effort: should it be refused or fail, a deadline that passed is dropped when
          * the database is loaded anyway. */
-        persist_write_t w = {.kind = PERSIST_W_FIELDS,
-                             .user = {u->id, u->id_len},
-                             .fields = {.custom_status = u->custom_status,
-                                        .custom_status_expires = u->custom_status_expires,
-                                        .activity = u->activity,
-                                        .activity_expires = u->activity_expires,
-                                        .server_status = u->server_status,
-                                        .server_status_expires = u->server_status_expires}};
+        persist_write_t w = fields_write(u);
         submit_for(st, u, &w, LW_QUIET, NULL, NULL, NULL);
     }
     rearm_expiry(st, u);

@@ -79,6 +79,18 @@ bench_cleanup() {
 # for them. bench/run-limits.sh measures what the rate limiter costs.
 BENCH_LIMITS="--rate-limit 0 --max-connections-per-user 0"
 
+# bench_build [TARGET...]: a Release build with the benchmarks in $BUILD (all of it, or the
+# targets named), its output in $OUT/build.log, shown when it fails. Needs ROOT, BUILD, OUT.
+bench_build() {
+    local targets=()
+    [ $# -gt 0 ] && targets=(--target "$@")
+    echo "== build (Release) in $BUILD"
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPD_TESTS=OFF -DPD_BENCH=ON \
+        >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log" >&2; return 1; }
+    cmake --build "$BUILD" "${targets[@]}" -j"$(nproc)" >>"$OUT/build.log" 2>&1 ||
+        { tail -n 40 "$OUT/build.log" >&2; return 1; }
+}
+
 # bench_machine: the machine the figures come from.
 bench_machine() {
     echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -44,11 +44,7 @@ off=(--rate-limit 0)
 on=(--rate-limit 100000000 --rate-limit-burst 65535)
 
 if [ $build = 1 ]; then
-    echo "== build (Release) in $BUILD"
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPD_TESTS=OFF -DPD_BENCH=ON \
-        >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log" >&2; exit 1; }
-    cmake --build "$BUILD" -j"$(nproc)" >>"$OUT/build.log" 2>&1 ||
-        { tail -n 40 "$OUT/build.log" >&2; exit 1; }
+    bench_build || exit 1
 fi
 
 echo

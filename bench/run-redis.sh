@@ -68,11 +68,7 @@ read -r -a node_extra <<<"${REDIS_NODE_ARGS:-}"
 
 start=$(date +%s)
 if [ $build = 1 ]; then
-    echo "== build (Release) in $BUILD"
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPD_TESTS=OFF -DPD_BENCH=ON \
-        >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log" >&2; exit 1; }
-    cmake --build "$BUILD" --target presenced bench_redis -j"$(nproc)" >>"$OUT/build.log" 2>&1 ||
-        { tail -n 40 "$OUT/build.log" >&2; exit 1; }
+    bench_build presenced bench_redis || exit 1
 fi
 SERVER=$(bench_server_bin)
 

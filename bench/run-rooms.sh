@@ -49,11 +49,7 @@ server_flags=(--dev-auth --ephemeral --listen 127.0.0.1:0 --heartbeat-ttl 3600 -
 
 start=$(date +%s)
 if [ $build = 1 ]; then
-    echo "== build (Release) in $BUILD"
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPD_TESTS=OFF -DPD_BENCH=ON \
-        >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log" >&2; exit 1; }
-    cmake --build "$BUILD" -j"$(nproc)" >>"$OUT/build.log" 2>&1 ||
-        { tail -n 40 "$OUT/build.log" >&2; exit 1; }
+    bench_build || exit 1
 fi
 
 echo

@@ -255,6 +255,8 @@ static void hold_end(engine_t *e, struct euser *u) {
     for (struct sub *s = u->watchers; frame && s; s = s->t_next) {
         if (s->watcher->client && s->visible && !s->fresh)
             deliver(e, s, frame);
+        else if (s->unsure)
+            s->owed = 1; /* missed while the store could not say: the current one later */
         s->fresh = 0;
     }
     pd_obuf_release(frame);
@@ -374,6 +376,8 @@ static void on_presence_changed(void *ctx, const pd_presence_t *p) {
         for (struct sub *s = u->watchers; s; s = s->t_next) {
             if (s->watcher->client && s->visible) /* the privacy rule, decided per watcher */
                 deliver(e, s, frame);
+            else if (s->unsure)
+                s->owed = 1; /* missed while the store could not say: the current one later */
         }
     }
     pd_obuf_release(frame);
@@ -1092,8 +1096,8 @@ static void owed_presence(void *arg, int err, const pd_presence_t *ps, size_t n,
     struct euser *t = find_user(e, rc->target); /* held: still there */
     pd_obuf_t *frame = !err && n == 1 ? e->codec.presence_update(&ps[0]) : NULL;
     for (struct sub *s = t->watchers; s; s = s->t_next) {
-        if (!s->owed)
-            continue;
+        if (!s->owed || s->unsure)
+            continue; /* an unsure one waits for its own re-check */
         s->owed = 0;
         if (frame && s->watcher->client && s->visible) {
             deliver(e, s, frame);
@@ -1173,9 +1177,12 @@ static void rechecked(void *arg, int err, const uint8_t *bits) {
         if (visible == s->visible && !unsure)
             continue;
         if (visible) {
+            /* Newly allowed: the current presence. Allowed all along (the store could not say
+             * for a while): the current one only if a change went unsent meanwhile. */
             s->visible = 1;
-            s->owed = 1; /* the current presence: it may have changed unseen meanwhile */
-            owed = true;
+            if (!unsure)
+                s->owed = 1;
+            owed |= s->owed;
         } else {
             hide_from(e, s, &hidden, rc->target); /* lost permission: one bare offline */
         }

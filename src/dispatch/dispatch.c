@@ -815,25 +815,16 @@ dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t
             d->n.errors[i] = &dummy_counter;
     }
     d->metrics = metrics;
-    d->n.token_expiries =
-        metrics ? pd_metrics_counter(metrics, "presenced_token_expiries_total",
-                                     "Connections closed (4001) because their token expired", NULL,
-                                     NULL)
-                : NULL;
-    if (!d->n.token_expiries)
-        d->n.token_expiries = &dummy_counter;
-    d->n.inflight_holds =
-        metrics ? pd_metrics_counter(metrics, "presenced_inflight_holds_total",
-                                     "Times a connection was not read further because it had "
-                                     "as many requests waiting for the store as allowed",
-                                     NULL, NULL)
-                : NULL;
-    if (!d->n.inflight_holds)
-        d->n.inflight_holds = &dummy_counter;
+    /* The counters without labels: one table, each falls back to a dummy without metrics. */
     struct {
         uint64_t **p;
         const char *name, *help;
-    } more[] = {
+    } counters[] = {
+        {&d->n.token_expiries, "presenced_token_expiries_total",
+         "Connections closed (4001) because their token expired"},
+        {&d->n.inflight_holds, "presenced_inflight_holds_total",
+         "Times a connection was not read further because it had as many requests waiting for "
+         "the store as allowed"},
         {&d->n.rate_limited, "presenced_rate_limited_total",
          "Messages refused (rate_limited) because their connection passed its message rate"},
         {&d->n.rate_closes, "presenced_rate_limit_closes_total",
@@ -841,11 +832,12 @@ dispatch_t *dispatch_new(const dispatch_config_t *cfg, engine_t *engine, rooms_t
         {&d->n.user_limit_refusals, "presenced_user_connection_refusals_total",
          "WebSocket upgrades refused (429): the user had max-connections-per-user here"},
     };
-    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++) {
-        *more[i].p =
-            metrics ? pd_metrics_counter(metrics, more[i].name, more[i].help, NULL, NULL) : NULL;
-        if (!*more[i].p)
-            *more[i].p = &dummy_counter;
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+        *counters[i].p =
+            metrics ? pd_metrics_counter(metrics, counters[i].name, counters[i].help, NULL, NULL)
+                    : NULL;
+        if (!*counters[i].p)
+            *counters[i].p = &dummy_counter;
     }
     return d;
 }

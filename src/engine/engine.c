@@ -104,7 +104,6 @@ struct engine {
     wheel_timer_t recheck_timer; /* asks again the re-checks that failed */
     uint32_t recheck_delay_ms;   /* backoff of recheck_timer: 1 s doubling to 30 s */
     istr_table_t labels;
-    uint32_t epoch;
     wheel_timer_t checkpoint; /* live users' last_seen to the store (store_ops.seen) */
     struct engine_counters n;
 };
@@ -841,23 +840,21 @@ static void subscribe_answered(session_t *s, struct req *r, int err, const pd_pr
     }
     for (size_t i = 0; i < r->nids; i++) {
         struct sub *sub = sub_of(e, s, r->ids[i]);
-        if (!sub) {
+        if (!sub)
             continue;
-        } else if (!sub->checking) {
-            sub->mark = 0; /* decided before (by a re-check): this answer is not news */
-            continue;
-        } else if (err) {
+        bool hidden_here = sub->mark;
+        sub->mark = 0;
+        if (!sub->checking)
+            continue; /* decided before (by a re-check): this answer is not news */
+        if (err) {
             remove_sub(e, sub); /* the subscribe failed: nothing of it stays */
         } else if (sub->gen != sub->target->privacy_gen) {
             sub->stale = 1;
         } else {
-            sub->visible = !sub->mark;
+            sub->visible = !hidden_here;
             sub->checking = 0;
             sub->mark = 1; /* decided here: its hold ends once the snapshot is sent */
-            continue;
         }
-        if (sub && !err)
-            sub->mark = 0;
     }
     *nview = 0;
     struct clock_snap c = {0};
@@ -1280,15 +1277,18 @@ static void recheck_fire(wheel_timer_t *timer, uint64_t now) {
     /* The users first: asking again may mark them (or others) again. */
     size_t n = 0, cap = 0;
     pd_str_t *ids = NULL;
-    for (hmap_node_t *h = hmap_first(&e->users); h; h = hmap_next(&e->users, h)) {
+    bool left = false; /* marked users not taken this time (out of memory) */
+    for (hmap_node_t *h = hmap_first(&e->users); h && !left; h = hmap_next(&e->users, h)) {
         struct euser *u = (struct euser *)h;
         if (!u->recheck_owed)
             continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             pd_str_t *x = realloc(ids, ncap * sizeof(*x));
-            if (!x)
-                break; /* the rest stay marked: the timer is armed again below */
+            if (!x) {
+                left = true;
+                break;
+            }
             ids = x;
             cap = ncap;
         }
@@ -1298,10 +1298,8 @@ static void recheck_fire(wheel_timer_t *timer, uint64_t now) {
     for (size_t i = 0; i < n; i++)
         on_privacy_changed(e, ids[i]);
     free(ids);
-    bool again = false;
-    for (hmap_node_t *h = hmap_first(&e->users); h && !again; h = hmap_next(&e->users, h))
-        again = ((struct euser *)h)->recheck_owed;
-    if (again) {
+    /* A re-check that failed again armed the timer (recheck_later): it backs off. */
+    if (left || wheel_timer_armed(timer)) {
         e->recheck_delay_ms = e->recheck_delay_ms >= 15000 ? 30000 : e->recheck_delay_ms * 2;
         wheel_schedule(e->wheel, &e->recheck_timer, now_ms(e) + e->recheck_delay_ms);
     } else {

@@ -25,11 +25,6 @@
 
 enum { MODE_ANNOUNCE, MODE_INTERVAL };
 static const char *const mode_names[] = {"announce", "interval"};
-static const char *const reason_names[] = {"left", "disconnected", "timeout", "revoked"};
-
-static const char *reason_name(uint8_t reason) {
-    return reason < sizeof(reason_names) / sizeof(reason_names[0]) ? reason_names[reason] : "left";
-}
 
 /* A member's change not yet sent, in a room in interval mode. */
 struct dentry {
@@ -46,8 +41,9 @@ struct ruser {
     hmap_node_t node;
     pd_str_t *hide; /* sorted, distinct, one allocation; NULL when empty */
     uint32_t nhide;
-    uint32_t refs; /* links and privacy reads */
-    uint32_t gen;  /* changes applied since loaded: a read older than one is stale */
+    uint32_t refs;       /* links and privacy reads */
+    uint32_t gen;        /* changes applied since loaded: a read older than one is stale */
+    struct rlink *links; /* the user's links here, live and lingering, through u_next */
     bool loaded;
     bool watched; /* store_watch of the user, for its room_privacy announcements */
     uint16_t id_len;
@@ -62,6 +58,7 @@ struct lroom {
     uint32_t count; /* members, as of the last event */
     uint8_t mode;
     bool watched;
+    bool marked;    /* scratch of write_hide: the room has been written to */
     hmap_t pending; /* user -> struct dentry, in interval mode */
     wheel_timer_t timer;
     rooms_t *owner;
@@ -84,8 +81,9 @@ struct rlink {
     int8_t typing;    /* pending typing signal, -1 none */
     uint8_t live : 1, lingering : 1;
     rooms_t *owner;
-    struct ruser *u; /* a reference: store calls may outlive the session */
-    pd_str_t user;   /* u's id */
+    struct ruser *u;      /* a reference: store calls may outlive the session */
+    struct rlink *u_next; /* in u->links */
+    pd_str_t user;        /* u's id */
 };
 
 struct rooms_counters {
@@ -613,7 +611,7 @@ static void on_room_event(void *ctx, const store_room_event_t *ev) {
     }
     pd_obuf_t *f;
     if (ev->kind == STORE_ROOM_LEFT)
-        f = r->codec.member_left(ev->room, ev->user, reason_name(ev->reason), ev->count);
+        f = r->codec.member_left(ev->room, ev->user, events_reason_name(ev->reason), ev->count);
     else
         f = r->codec.member_event(ev->kind == STORE_ROOM_JOINED ? "member_joined"
                                                                 : "member_updated",
@@ -701,6 +699,12 @@ static void maybe_free_link(struct rlink *l) {
     wheel_cancel(r->wheel, &l->timer);
     free((char *)l->cursor.s);
     free((char *)l->md.s);
+    for (struct rlink **p = &l->u->links; *p; p = &(*p)->u_next) {
+        if (*p == l) {
+            *p = l->u_next;
+            break;
+        }
+    }
     put_ruser(r, l->u);
     free(l);
     (*r->n.links)--;
@@ -727,18 +731,18 @@ static void send_frame(rooms_t *r, void *client, pd_obuf_t *frame) {
 }
 
 /* The user's hide list changed: the rooms they are in here learn it (each node of theirs
- * writes it; the store announces a change once). */
+ * writes it; the store announces a change once). Once per room the user is live in, through
+ * the user's own links: a block costs what the user's rooms cost, not every room's links. */
 static void write_hide(rooms_t *r, struct ruser *u) {
     store_hide_t hide = hide_of(u);
-    for (hmap_node_t *h = hmap_first(&r->rooms); h; h = hmap_next(&r->rooms, h)) {
-        struct lroom *lr = (struct lroom *)h;
-        for (struct rlink *l = lr->links; l; l = l->r_next) {
-            if (l->u == u) {
-                store_room_hide(r->store, room_name(lr), l->user, &hide);
-                break;
-            }
+    for (struct rlink *l = u->links; l; l = l->u_next) {
+        if (l->live && !l->room->marked) {
+            l->room->marked = true;
+            store_room_hide(r->store, room_name(l->room), l->user, &hide);
         }
     }
+    for (struct rlink *l = u->links; l; l = l->u_next)
+        l->room->marked = false;
 }
 
 /* --- Requests --- */
@@ -861,6 +865,8 @@ int rooms_join(rooms_t *r, session_t *s, pd_str_t channel, pd_str_t metadata, ro
         l->s = s;
         l->sid = engine_session_id(s);
         l->u = u;
+        l->u_next = u->links;
+        u->links = l;
         l->user = (pd_str_t){u->id, u->id_len};
         l->typing = -1;
         wheel_timer_init(&l->timer, link_timer);

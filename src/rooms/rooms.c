@@ -187,10 +187,6 @@ static store_hide_t hide_of(const struct ruser *u) {
     return (store_hide_t){u->hide, u->nhide};
 }
 
-static int cmp_hide(const void *a, const void *b) {
-    return store_hide_cmp(*(const pd_str_t *)a, *(const pd_str_t *)b);
-}
-
 static void write_hide(rooms_t *r, struct ruser *u);
 
 /* Makes ids (any order) the user's hide list; once loaded, a change is written to the
@@ -201,7 +197,7 @@ static int set_user_hide(rooms_t *r, struct ruser *u, const pd_str_t *ids, uint3
         return PD_ENOMEM;
     if (n) {
         memcpy(sorted, ids, sizeof(*sorted) * n);
-        qsort(sorted, n, sizeof(*sorted), cmp_hide);
+        store_hide_sort(sorted, n);
     }
     uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++)

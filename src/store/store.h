@@ -155,6 +155,16 @@ static inline int store_hide_cmp(pd_str_t a, pd_str_t b) {
 }
 
 /* True when hide holds id. O(log n). */
+static inline int store_hide__qsort_cmp(const void *a, const void *b) {
+    return store_hide_cmp(*(const pd_str_t *)a, *(const pd_str_t *)b);
+}
+
+/* Sorts ids in place in store_hide_cmp order (what store_hide_has searches). */
+static inline void store_hide_sort(pd_str_t *ids, size_t n) {
+    if (n)
+        qsort(ids, n, sizeof(*ids), store_hide__qsort_cmp);
+}
+
 static inline bool store_hide_has(const store_hide_t *hide, pd_str_t id) {
     uint32_t lo = 0, hi = hide ? hide->n : 0;
     while (lo < hi) {

@@ -375,10 +375,6 @@ static bool to_member(const cJSON *j, pd_member_t *m, const char **devs, char **
     return true;
 }
 
-static int cmp_ids(const void *a, const void *b) {
-    return store_hide_cmp(*(const pd_str_t *)a, *(const pd_str_t *)b);
-}
-
 /* A hide list (a JSON array of ids, key absent: empty) into a sorted array pointing into j;
  * *arr to free. False when out of memory: the event is then not announced (it must not reach
  * the users it is hidden from). */
@@ -396,7 +392,7 @@ static bool to_hide(const cJSON *j, const char *key, store_hide_t *out, pd_str_t
     for (const cJSON *x = a->child; x; x = x->next)
         if (cJSON_IsString(x))
             (*arr)[k++] = (pd_str_t){x->valuestring, strlen(x->valuestring)};
-    qsort(*arr, k, sizeof(pd_str_t), cmp_ids);
+    store_hide_sort(*arr, k);
     *out = (store_hide_t){*arr, k};
     return true;
 }
